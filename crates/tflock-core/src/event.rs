@@ -1,0 +1,57 @@
+//! The contract's events, emitted by backends and carried by the server's SSE stream.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lease::FencingToken;
+use crate::queue::EntryId;
+use crate::resource::Resource;
+use crate::time::Timestamp;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "lock.acquired")]
+    LockAcquired,
+    #[serde(rename = "lock.released")]
+    LockReleased,
+    #[serde(rename = "lock.expired")]
+    LockExpired,
+    #[serde(rename = "lock.transferred")]
+    LockTransferred,
+    #[serde(rename = "queue.entered")]
+    QueueEntered,
+    #[serde(rename = "queue.left")]
+    QueueLeft,
+    #[serde(rename = "queue.granted")]
+    QueueGranted,
+}
+
+impl EventKind {
+    /// The name on the wire (`lock.acquired`, ...), also the SSE `event:` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::LockAcquired => "lock.acquired",
+            EventKind::LockReleased => "lock.released",
+            EventKind::LockExpired => "lock.expired",
+            EventKind::LockTransferred => "lock.transferred",
+            EventKind::QueueEntered => "queue.entered",
+            EventKind::QueueLeft => "queue.left",
+            EventKind::QueueGranted => "queue.granted",
+        }
+    }
+}
+
+/// One event: what, on which resource, for whom, with which token, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockEvent {
+    pub event: EventKind,
+    pub resource: Resource,
+    /// The Atlantis lock key, for display.
+    pub key: String,
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<FencingToken>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_id: Option<EntryId>,
+    pub at: Timestamp,
+}

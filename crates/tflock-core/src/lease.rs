@@ -1,0 +1,105 @@
+//! One grant of a resource to an owner.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::owner::Owner;
+use crate::priority::Priority;
+use crate::resource::Resource;
+use crate::time::Timestamp;
+
+/// The secret that proves holding a lease: 128 random bits as 32 hex digits, shown only
+/// to the holder. Its `Debug` form is redacted so it never lands in a log by accident.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseId(pub String);
+
+impl LeaseId {
+    /// A fresh random lease id.
+    pub fn generate() -> Self {
+        LeaseId(crate::random_hex(16))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LeaseId(<redacted>)")
+    }
+}
+
+/// Per-resource counter handed out with every grant; strictly greater than every token
+/// granted before for the same resource, so a storage system can refuse writes from a
+/// holder whose lease has been superseded.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct FencingToken(pub u64);
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A held lock as stored by a backend and as shown to callers.
+///
+/// `lease_id` is present in a backend's own record and in answers to the holder;
+/// [`Lock::public`] removes it for everybody else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    /// The Atlantis lock key, for display.
+    pub key: String,
+    pub resource: Resource,
+    #[serde(flatten)]
+    pub owner: Owner,
+    pub priority: Priority,
+    pub fencing_token: FencingToken,
+    pub acquired_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// The lease's TTL, applied again when a claim is confirmed or the lease refreshed.
+    #[serde(with = "humantime_serde")]
+    pub ttl: std::time::Duration,
+    /// True while a waiter's grant waits for its server to confirm it (the claim
+    /// window); `expires_at` is then the end of the claim window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claim_pending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<LeaseId>,
+}
+
+impl Lock {
+    /// The view for anybody but the holder: no lease id.
+    pub fn public(&self) -> Lock {
+        Lock {
+            lease_id: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whether `lease` is this lock's lease.
+    pub fn held_by(&self, lease: &LeaseId) -> bool {
+        self.lease_id
+            .as_ref()
+            .is_some_and(|l| constant_time_eq(l.as_str(), lease.as_str()))
+    }
+
+    /// Whether the lease has ended at `now`.
+    pub fn expired_at(&self, now: Timestamp) -> bool {
+        self.expires_at <= now
+    }
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
