@@ -145,6 +145,8 @@ pub enum NotAcquiredReason {
     Held,
     /// Waited until its deadline.
     Timeout,
+    /// Its queue entry was cancelled (CancelQueueEntry, UnlockByPull) while it waited.
+    Cancelled,
 }
 
 /// The answer to TryLock.
