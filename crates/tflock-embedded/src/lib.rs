@@ -1,1 +1,635 @@
+//! tflock's embedded lock store: one `redb` file, no Redis needed.
+//!
+//! # Layout
+//!
+//! - [`state`]: the lock state in memory and every transition of the contract. One
+//!   mutex around it makes each operation atomic.
+//! - [`store`]: the file's tables and the committer thread (group commit: every change
+//!   made while one fsync runs goes into the next one).
+//! - `owner_file`: records which process holds the file, for a clear "already open".
+//! - this file: [`EmbeddedBackend`], the [`Backend`] implementation that ties them
+//!   together, the waiter's blocking call and the expiry sweeper.
+//!
+//! # Why memory first, then the file
+//!
+//! Every operation decides on the in-memory state under a `std::sync::Mutex` (held for
+//! microseconds, never across an `.await`), then waits until the committer reports its
+//! change durable before it answers. So an answer is never given for something that is
+//! not on disk, and the fsync rate, not the lock, bounds throughput; a batch of N
+//! concurrent grants costs one fsync. If a commit fails the backend stops serving
+//! (fail closed): memory would otherwise run ahead of the file.
 
+pub(crate) mod owner_file;
+pub(crate) mod state;
+pub(crate) mod store;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tflock_core::{
+    Backend, BackendError, BackendHealth, BackendMetrics, CancelError, EventKind, LeaseId, Lock,
+    LockEvent, LockFilter, LockPage, LockRequest, LockResponse, LockSettings, NotAcquiredReason,
+    Owner, PullUnlockResponse, QueryError, QueueEntryView, QueueStatus, RefreshError, Resource,
+    SharedClock, TransferAuth, TransferError, TryLockError, UnlockError, UnlockResponse,
+};
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::state::{Ctx, Decision, State, WaiterWake};
+use crate::store::{Durable, Wake};
+
+/// Where the store lives and how locks behave.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// The store file; its directory is created when missing.
+    pub path: PathBuf,
+    pub settings: LockSettings,
+}
+
+impl EmbeddedConfig {
+    /// The default location, `./tflock-data/locks.redb`.
+    pub fn default_path() -> PathBuf {
+        PathBuf::from("./tflock-data/locks.redb")
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("the lock store {path} is already open in {holder}; stop that process or point embedded.path at another file")]
+    AlreadyOpen { path: PathBuf, holder: String },
+    #[error("cannot open the lock store {path}: {message}")]
+    Storage { path: PathBuf, message: String },
+    #[error("the lock store {path} is not readable by this tflock: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("invalid setting {0}")]
+    Settings(#[from] tflock_core::InvalidRequest),
+}
+
+/// What the committer and the backend share.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    events: broadcast::Sender<LockEvent>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the mutex is a bug; the state is still consistent
+        // enough to serve (every transition finishes before it can panic).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn take_batch(&self) -> Option<state::Batch> {
+        self.lock().take_batch()
+    }
+
+    pub(crate) fn publish(&self, events: Vec<LockEvent>) {
+        for e in events {
+            let _ = self.events.send(e);
+        }
+    }
+}
+
+/// The embedded backend. Cheap to share behind an `Arc`.
+pub struct EmbeddedBackend {
+    shared: Arc<Shared>,
+    clock: SharedClock,
+    settings: LockSettings,
+    path: PathBuf,
+    wake_committer: Mutex<Option<mpsc::Sender<Wake>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    durable: watch::Receiver<Durable>,
+    /// Wakes the sweeper when an earlier deadline appears, and at close.
+    sweeper_wake: Arc<Notify>,
+    /// Wakes retry loops (queue disabled) when any lock is released.
+    released: Arc<Notify>,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for EmbeddedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBackend").field("path", &self.path).finish()
+    }
+}
+
+impl EmbeddedBackend {
+    /// Opens (creating when missing) the store file and starts the committer and the
+    /// expiry sweeper. Fails when another process holds the file.
+    pub async fn open(config: EmbeddedConfig, clock: SharedClock) -> Result<Arc<EmbeddedBackend>, OpenError> {
+        config.settings.validate()?;
+        let path = config.path.clone();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| OpenError::Storage { path: path.clone(), message: e.to_string() })?;
+        }
+        let p = path.clone();
+        let (db, loaded) = tokio::task::spawn_blocking(move || store::open_database(&p))
+            .await
+            .map_err(|e| OpenError::Storage { path: path.clone(), message: e.to_string() })??;
+        owner_file::write(&path);
+        let mut state = State::load(loaded, clock.now());
+        let (events, _) = broadcast::channel(4096);
+        // Settle everything once: leases that expired while the store was closed end
+        // now and their queues are handed on.
+        {
+            let ctx = Ctx { now: clock.now(), settings: &config.settings, policy: config.settings.starvation_policy() };
+            for key in state.due_keys(ctx.now) {
+                state.settle(&key, &ctx);
+            }
+            let free: Vec<String> = state.resources.iter().filter(|(_, r)| r.lock.is_none()).map(|(k, _)| k.clone()).collect();
+            for key in free {
+                state.settle(&key, &ctx);
+            }
+        }
+        let seq = state.seq;
+        let shared = Arc::new(Shared { state: Mutex::new(state), events });
+        let (durable_tx, durable_rx) = watch::channel(Durable { seq: 0, failed: None });
+        let (wake_tx, wake_rx) = mpsc::channel();
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("tflock-commit".into())
+                .spawn(move || store::run_committer(db, shared, wake_rx, durable_tx))
+                .map_err(|e| OpenError::Storage { path: path.clone(), message: e.to_string() })?
+        };
+        let backend = Arc::new(EmbeddedBackend {
+            shared,
+            clock,
+            settings: config.settings,
+            path,
+            wake_committer: Mutex::new(Some(wake_tx)),
+            committer: Mutex::new(Some(committer)),
+            durable: durable_rx,
+            sweeper_wake: Arc::new(Notify::new()),
+            released: Arc::new(Notify::new()),
+            closed: Arc::new(AtomicBool::new(false)),
+        });
+        if seq > 0 {
+            backend.kick();
+        }
+        tokio::spawn(sweeper(Arc::downgrade(&backend)));
+        Ok(backend)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx { now: self.clock.now(), settings: &self.settings, policy: self.settings.starvation_policy() }
+    }
+
+    fn kick(&self) {
+        if let Some(tx) = self.wake_committer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(Wake::Work);
+        }
+    }
+
+    fn check_open(&self) -> Result<(), BackendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BackendError::Unavailable("the embedded store is closed".into()));
+        }
+        if let Some(e) = &self.durable.borrow().failed {
+            return Err(BackendError::Unavailable(format!("the embedded store failed: {e}")));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the state under the mutex, then waits until everything it saw or
+    /// changed is durable. Reads wait too: they must not report a grant that a crash
+    /// could still undo.
+    async fn with_state<T>(&self, f: impl FnOnce(&mut State, &Ctx) -> T) -> Result<T, BackendError> {
+        self.check_open()?;
+        let ctx = self.ctx();
+        let (out, seq, next_due) = {
+            let mut st = self.shared.lock();
+            let before = st.next_due();
+            let out = f(&mut st, &ctx);
+            let after = st.next_due();
+            (out, st.seq, (after != before).then_some(after).flatten())
+        };
+        if next_due.is_some() {
+            self.sweeper_wake.notify_one();
+        }
+        self.wait_durable(seq).await?;
+        Ok(out)
+    }
+
+    async fn wait_durable(&self, seq: u64) -> Result<(), BackendError> {
+        if self.durable.borrow().seq >= seq {
+            return Ok(());
+        }
+        self.kick();
+        let mut rx = self.durable.clone();
+        let d = rx
+            .wait_for(|d| d.seq >= seq || d.failed.is_some())
+            .await
+            .map_err(|_| BackendError::Unavailable("the embedded store is closed".into()))?;
+        if d.seq >= seq {
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable(format!(
+                "the embedded store failed: {}",
+                d.failed.clone().unwrap_or_default()
+            )))
+        }
+    }
+
+    /// Blocks a waiter until its grant, its deadline, cancellation or close.
+    async fn wait_for_grant(
+        &self,
+        key: String,
+        entry_id: String,
+        mut wake: tokio::sync::oneshot::Receiver<WaiterWake>,
+        deadline: tflock_core::Timestamp,
+        req: &LockRequest,
+    ) -> Result<LockResponse, TryLockError> {
+        let mut guard = WaiterGuard {
+            backend: self,
+            key: key.clone(),
+            entry_id: entry_id.clone(),
+            has_request_id: req.request_id.is_some(),
+            armed: true,
+        };
+        let woke = tokio::select! {
+            w = &mut wake => w.ok(),
+            _ = self.clock.sleep_until(deadline) => None,
+        };
+        let outcome = self
+            .with_state(|st, ctx| match woke {
+                Some(WaiterWake::Closed) => Err(BackendError::Unavailable("the server is shutting down".into())),
+                Some(WaiterWake::Cancelled) => {
+                    let holder = st.lock(&key).map(Lock::public);
+                    Ok(LockResponse::not_acquired(holder, NotAcquiredReason::Cancelled))
+                }
+                Some(WaiterWake::Granted) | None => {
+                    if let Some(lock) = st.confirm(&key, &entry_id, ctx.now) {
+                        let r = LockResponse::granted(lock);
+                        st.remember(req, &r, ctx);
+                        return Ok(r);
+                    }
+                    // Deadline (or a grant whose claim window already ran out).
+                    st.remove_entry(&entry_id, ctx.now);
+                    st.settle(&key, ctx);
+                    let holder = st.lock(&key).map(Lock::public);
+                    let r = LockResponse::not_acquired(holder, NotAcquiredReason::Timeout);
+                    st.remember(req, &r, ctx);
+                    Ok(r)
+                }
+            })
+            .await;
+        guard.armed = false;
+        drop(guard);
+        Ok(outcome??)
+    }
+
+    /// TryLock without a queue: retry with back-off until the deadline. A release
+    /// anywhere in the store cuts the back-off short.
+    async fn retry_loop(&self, req: LockRequest, ttl: Duration, deadline: tflock_core::Timestamp) -> Result<LockResponse, TryLockError> {
+        let mut backoff = self.settings.min_retry_backoff;
+        loop {
+            let released = self.released.notified();
+            let mut once = req.clone();
+            once.wait = None;
+            let d = self.with_state(|st, ctx| st.try_lock(&once, ttl, ctx)).await?;
+            let Decision::Answer(r) = d else {
+                return Err(BackendError::Internal("a no-wait TryLock asked to wait".into()).into());
+            };
+            if r.acquired {
+                return Ok(r);
+            }
+            let now = self.clock.now();
+            if now >= deadline {
+                return Ok(LockResponse { reason: Some(NotAcquiredReason::Timeout), ..r });
+            }
+            let until = now.add(backoff).min(deadline);
+            tokio::select! {
+                _ = self.clock.sleep_until(until) => {}
+                _ = released => {}
+            }
+            backoff = (backoff * 2).min(self.settings.max_retry_backoff);
+        }
+    }
+}
+
+/// Removes a waiter's entry when its call goes away before it finishes.
+struct WaiterGuard<'a> {
+    backend: &'a EmbeddedBackend,
+    key: String,
+    entry_id: String,
+    has_request_id: bool,
+    armed: bool,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let b = self.backend;
+        let ctx = b.ctx();
+        {
+            let mut st = b.shared.lock();
+            st.abandon_waiter(&self.key, &self.entry_id, self.has_request_id, &ctx);
+        }
+        // Nobody waits for this commit; the committer picks it up.
+        b.kick();
+        b.released.notify_waiters();
+    }
+}
+
+/// Ends expired leases and reservations on time, handing their queues on, without
+/// waiting for anyone to touch the resource. Sleeps until the earliest due time.
+async fn sweeper(backend: std::sync::Weak<EmbeddedBackend>) {
+    loop {
+        let Some(b) = backend.upgrade() else { return };
+        if b.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let wake = b.sweeper_wake.clone();
+        let notified = wake.notified();
+        let next = b.shared.lock().next_due();
+        let sleep = match next {
+            Some(t) => b.clock.sleep_until(t),
+            None => Box::pin(std::future::pending()),
+        };
+        let closed = b.closed.clone();
+        drop(b);
+        tokio::select! {
+            _ = sleep => {}
+            _ = notified => {}
+        }
+        if closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(b) = backend.upgrade() else { return };
+        let ctx = b.ctx();
+        let changed = {
+            let mut st = b.shared.lock();
+            let before = st.seq;
+            for key in st.due_keys(ctx.now) {
+                st.settle(&key, &ctx);
+            }
+            st.expire_answers(ctx.now);
+            st.seq != before
+        };
+        if changed {
+            b.kick();
+            b.released.notify_waiters();
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for EmbeddedBackend {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn try_lock(&self, request: LockRequest) -> Result<LockResponse, TryLockError> {
+        let req = request.validate()?;
+        let ttl = self.settings.resolve_ttl(req.ttl)?;
+        let decision = self.with_state(|st, ctx| st.try_lock(&req, ttl, ctx)).await?;
+        match decision {
+            Decision::Answer(r) => Ok(r),
+            Decision::QueueFull => Err(TryLockError::QueueFull { max: self.settings.max_queue_size }),
+            Decision::WaitRefused => Err(tflock_core::InvalidRequest::new(
+                "wait",
+                "waiting needs enable_priority_queue or enable_retries; retry without wait",
+            )
+            .into()),
+            Decision::Retry { deadline } => self.retry_loop(req, ttl, deadline).await,
+            Decision::Wait { key, entry_id, wake, deadline } => self.wait_for_grant(key, entry_id, wake, deadline, &req).await,
+        }
+    }
+
+    async fn unlock(&self, resource: &Resource, lease_id: &LeaseId) -> Result<UnlockResponse, UnlockError> {
+        let resource = resource.clone().validate("resource")?;
+        let key = resource.storage_key();
+        let r = self
+            .with_state(|st, ctx| {
+                st.settle(&key, ctx);
+                match st.lock(&key) {
+                    None => Err(UnlockError::NotFound),
+                    Some(l) if !l.held_by(lease_id) => Err(UnlockError::NotOwner),
+                    Some(_) => {
+                        let (released, granted_to) = st.release(&key, EventKind::LockReleased, ctx).expect("held");
+                        Ok(UnlockResponse { released: released.public(), granted_to })
+                    }
+                }
+            })
+            .await?;
+        self.released.notify_waiters();
+        r
+    }
+
+    async fn force_unlock(&self, resource: &Resource) -> Result<UnlockResponse, UnlockError> {
+        let resource = resource.clone().validate("resource")?;
+        let key = resource.storage_key();
+        let r = self
+            .with_state(|st, ctx| {
+                st.settle(&key, ctx);
+                let (released, granted_to) = st.release(&key, EventKind::LockReleased, ctx).ok_or(UnlockError::NotFound)?;
+                Ok(UnlockResponse { released: released.public(), granted_to })
+            })
+            .await?;
+        self.released.notify_waiters();
+        r
+    }
+
+    async fn unlock_by_pull(&self, repo: &str, pull: u64) -> Result<PullUnlockResponse, UnlockError> {
+        Resource::new(repo, ".", "default", "").map_err(|e| tflock_core::InvalidRequest::new("repo", e.message))?;
+        let owner_name = format!("{repo}#{pull}");
+        let matches = |o: &Owner| o.pull.as_ref().is_some_and(|p| p.num == pull) || o.owner == owner_name;
+        let r = self
+            .with_state(|st, ctx| {
+                let mut out = PullUnlockResponse::default();
+                for key in st.keys_of_repo(repo) {
+                    st.settle(&key, ctx);
+                    // Entries first, so the hand-off of a released lock cannot go to
+                    // another entry of the same pull request.
+                    let entries: Vec<String> = st
+                        .resources
+                        .get(&key)
+                        .map(|r| r.queue.iter().filter(|e| matches(&e.owner)).map(|e| e.entry_id.clone()).collect())
+                        .unwrap_or_default();
+                    for id in entries {
+                        if let Some(v) = st.cancel_entry(&id, ctx) {
+                            out.cancelled.push(v.entry);
+                        }
+                    }
+                    if st.lock(&key).is_some_and(|l| matches(&l.owner)) {
+                        if let Some((l, _)) = st.release(&key, EventKind::LockReleased, ctx) {
+                            out.released.push(l.public());
+                        }
+                    }
+                }
+                out
+            })
+            .await?;
+        self.released.notify_waiters();
+        Ok(r)
+    }
+
+    async fn refresh_lock(&self, resource: &Resource, lease_id: &LeaseId, ttl: Duration) -> Result<Lock, RefreshError> {
+        let resource = resource.clone().validate("resource")?;
+        let ttl = self.settings.resolve_ttl(Some(ttl))?;
+        let key = resource.storage_key();
+        self.with_state(|st, ctx| {
+            st.settle(&key, ctx);
+            st.refresh(&key, lease_id, ttl, ctx.now).ok_or(RefreshError::LeaseLost)
+        })
+        .await?
+    }
+
+    async fn transfer_lock(&self, resource: &Resource, auth: TransferAuth, to: Owner) -> Result<Lock, TransferError> {
+        let resource = resource.clone().validate("resource")?;
+        let to = to.validate("to")?;
+        let key = resource.storage_key();
+        self.with_state(|st, ctx| {
+            st.settle(&key, ctx);
+            match (st.lock(&key), &auth) {
+                (None, TransferAuth::Admin) => Err(TransferError::NotFound),
+                (None, TransferAuth::Lease(_)) => Err(TransferError::LeaseLost),
+                (Some(l), TransferAuth::Lease(lease)) if !l.held_by(lease) => Err(TransferError::LeaseLost),
+                (Some(_), _) => st.transfer(&key, to, ctx.now).ok_or(TransferError::NotFound),
+            }
+        })
+        .await?
+    }
+
+    async fn get_lock(&self, resource: &Resource) -> Result<Option<Lock>, QueryError> {
+        let resource = resource.clone().validate("resource")?;
+        let key = resource.storage_key();
+        Ok(self
+            .with_state(|st, ctx| st.lock(&key).filter(|l| !l.expired_at(ctx.now)).map(Lock::public))
+            .await?)
+    }
+
+    async fn list_locks(&self, filter: LockFilter) -> Result<LockPage, QueryError> {
+        let limit = filter.page_size()?;
+        let after = filter.cursor_key()?;
+        Ok(self
+            .with_state(|st, ctx| {
+                let range = match &after {
+                    Some(k) => st.resources.range::<String, _>((std::ops::Bound::Excluded(k.clone()), std::ops::Bound::Unbounded)),
+                    None => st.resources.range::<String, _>(..),
+                };
+                let mut locks = Vec::with_capacity(limit.min(1024));
+                let mut last_key = None;
+                let mut more = false;
+                for (key, rec) in range {
+                    let Some(l) = rec.lock.as_ref().map(|l| &l.lock) else { continue };
+                    if l.expired_at(ctx.now) || !filter.matches(l) {
+                        continue;
+                    }
+                    if locks.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    locks.push(l.public());
+                    last_key = Some(key.clone());
+                }
+                LockPage {
+                    locks,
+                    next_cursor: if more { last_key.map(|k| tflock_core::request::encode_cursor(&k)) } else { None },
+                }
+            })
+            .await?)
+    }
+
+    async fn get_queue_status(&self, resource: &Resource) -> Result<QueueStatus, QueryError> {
+        let resource = resource.clone().validate("resource")?;
+        let key = resource.storage_key();
+        Ok(self
+            .with_state(|st, ctx| {
+                let rec = st.resources.get(&key);
+                let lock = rec.and_then(|r| r.lock.as_ref()).map(|l| l.lock.public()).filter(|l| !l.expired_at(ctx.now));
+                let entries = rec.map(|r| QueueEntryView::ordered(&r.queue, ctx.now, &ctx.policy)).unwrap_or_default();
+                QueueStatus { resource: resource.clone(), lock, entries }
+            })
+            .await?)
+    }
+
+    async fn get_user_queue(&self, username: &str) -> Result<Vec<QueueEntryView>, QueryError> {
+        Ok(self
+            .with_state(|st, ctx| {
+                st.resources
+                    .values()
+                    .flat_map(|r| QueueEntryView::ordered(&r.queue, ctx.now, &ctx.policy))
+                    .filter(|v| v.entry.owner.username() == Some(username))
+                    .collect()
+            })
+            .await?)
+    }
+
+    async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
+        self.with_state(|st, ctx| st.cancel_entry(entry_id, ctx).ok_or(CancelError::NotFound)).await?
+    }
+
+    async fn health_check(&self) -> Result<BackendHealth, BackendError> {
+        let started = Instant::now();
+        self.check_open()?;
+        // Writable: a durable no-op round through the committer proves the file takes
+        // commits; the file's size is what operators watch.
+        self.with_state(|st, _| st.seq += 1).await?;
+        let size = std::fs::metadata(&self.path).map(|m| m.len()).map_err(|e| BackendError::Unavailable(format!("{}: {e}", self.path.display())))?;
+        let mut details = serde_json::Map::new();
+        details.insert("path".into(), self.path.display().to_string().into());
+        details.insert("file_size_bytes".into(), size.into());
+        details.insert("last_commit_seq".into(), self.durable.borrow().seq.into());
+        Ok(BackendHealth {
+            backend: "embedded".into(),
+            healthy: true,
+            response_time: started.elapsed(),
+            checked_at: self.clock.now(),
+            details,
+        })
+    }
+
+    async fn get_metrics(&self) -> Result<BackendMetrics, BackendError> {
+        self.check_open()?;
+        let now = self.clock.now();
+        let st = self.shared.lock();
+        Ok(BackendMetrics {
+            active_locks: st.resources.values().filter(|r| r.lock.as_ref().is_some_and(|l| !l.lock.expired_at(now))).count() as u64,
+            queue_depth: st.queue_depth(),
+            handoffs: st.handoffs,
+            expiries: st.expiries,
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<LockEvent> {
+        self.shared.events.subscribe()
+    }
+
+    async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shared.lock().close_waiters();
+        self.sweeper_wake.notify_one();
+        if let Some(tx) = self.wake_committer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(Wake::Close);
+        }
+        let handle = self.committer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+impl Drop for EmbeddedBackend {
+    fn drop(&mut self) {
+        // Without close(): still stop the committer so the file is released.
+        if let Some(tx) = self.wake_committer.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(Wake::Close);
+        }
+        if let Some(h) = self.committer.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
