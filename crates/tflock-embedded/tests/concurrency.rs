@@ -48,7 +48,7 @@ async fn concurrent_tasks_never_overlap_and_tokens_increase() {
     for t in 0..TASKS {
         let (backend, resources, record, next_cycle) = (backend.clone(), resources.clone(), record.clone(), next_cycle.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = rand::rng();
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
             while next_cycle.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < CYCLES {
                 let r = rng.random_range(0..RESOURCES);
                 let priority = Priority::from_rank(rng.random_range(0..4));
