@@ -36,19 +36,33 @@ async fn main() {
     let args = Args::parse();
     let secs = if args.smoke { 0.3 } else { args.seconds };
     let dur = Duration::from_secs_f64(secs);
-    let base = args.dir.clone().unwrap_or_else(|| std::path::PathBuf::from("."));
+    let base = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
     std::fs::create_dir_all(&base).expect("bench dir");
-    let tmp = tempfile::Builder::new().prefix("tflock-bench-").tempdir_in(&base).expect("temp dir");
+    let tmp = tempfile::Builder::new()
+        .prefix("tflock-bench-")
+        .tempdir_in(&base)
+        .expect("temp dir");
 
     println!("## Embedded backend\n");
-    println!("Machine: {} cores, {}.\n", std::thread::available_parallelism().map_or(0, |n| n.get()), cpu_model());
+    println!(
+        "Machine: {} cores, {}.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
     let fsyncs = fsync_rate(tmp.path(), dur);
     println!("| measure | result |\n|---|---|");
     println!("| ceiling: fsync of a 4 KiB write, one thread | {fsyncs:.0} fsyncs/s |");
     let commits = redb_commit_rate(tmp.path(), dur);
-    println!("| ceiling: redb commit of one 200-byte record, one thread | {commits:.0} commits/s |");
+    println!(
+        "| ceiling: redb commit of one 200-byte record, one thread | {commits:.0} commits/s |"
+    );
     let fsyncs16 = fsync_rate_concurrent(tmp.path(), dur, 16);
-    println!("| ceiling: fsync of a 4 KiB write, 16 threads, separate files | {fsyncs16:.0} fsyncs/s |");
+    println!(
+        "| ceiling: fsync of a 4 KiB write, 16 threads, separate files | {fsyncs16:.0} fsyncs/s |"
+    );
     for conc in [1usize, 16, 64] {
         let pairs = uncontended_pairs(tmp.path(), dur, conc).await;
         println!(
@@ -70,7 +84,11 @@ async fn main() {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
@@ -117,7 +135,10 @@ fn redb_commit_rate(dir: &Path, dur: Duration) -> f64 {
     let mut n = 0u64;
     while start.elapsed() < dur {
         let tx = db.begin_write().expect("begin");
-        tx.open_table(T).expect("table").insert("k", value.as_slice()).expect("insert");
+        tx.open_table(T)
+            .expect("table")
+            .insert("k", value.as_slice())
+            .expect("insert");
         tx.commit().expect("commit");
         n += 1;
     }
@@ -133,7 +154,8 @@ fn fsync_rate_concurrent(dir: &Path, dur: Duration, threads: usize) -> f64 {
             let total = total.clone();
             std::thread::spawn(move || {
                 use std::os::unix::fs::FileExt;
-                let f = std::fs::File::create(dir.join(format!("fsync-probe-{i}"))).expect("probe file");
+                let f = std::fs::File::create(dir.join(format!("fsync-probe-{i}")))
+                    .expect("probe file");
                 let buf = vec![7u8; 4096];
                 while start.elapsed() < dur {
                     f.write_at(&buf, 0).expect("write");
@@ -152,9 +174,15 @@ fn fsync_rate_concurrent(dir: &Path, dur: Duration, threads: usize) -> f64 {
 async fn open(dir: &Path, name: &str) -> Arc<EmbeddedBackend> {
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
-    EmbeddedBackend::open(EmbeddedConfig { path, settings: LockSettings::default() }, Arc::new(SystemClock))
-        .await
-        .expect("open store")
+    EmbeddedBackend::open(
+        EmbeddedConfig {
+            path,
+            settings: LockSettings::default(),
+        },
+        Arc::new(SystemClock),
+    )
+    .await
+    .expect("open store")
 }
 
 /// `conc` tasks, each on its own resource, acquire and release in a loop.
@@ -168,8 +196,16 @@ async fn uncontended_pairs(dir: &Path, dur: Duration, conc: usize) -> f64 {
                 let r = Resource::new("bench/pairs", format!("r{i}"), "default", "").unwrap();
                 let mut n = 0u64;
                 while start.elapsed() < dur {
-                    let l = backend.try_lock(LockRequest::new(r.clone(), format!("c{i}"))).await.unwrap().lock.unwrap();
-                    backend.unlock(&r, l.lease_id.as_ref().unwrap()).await.unwrap();
+                    let l = backend
+                        .try_lock(LockRequest::new(r.clone(), format!("c{i}")))
+                        .await
+                        .unwrap()
+                        .lock
+                        .unwrap();
+                    backend
+                        .unlock(&r, l.lease_id.as_ref().unwrap())
+                        .await
+                        .unwrap();
                     n += 1;
                 }
                 n
@@ -195,11 +231,19 @@ async fn handoff_latency(dir: &Path, dur: Duration, waiters: usize) -> Vec<Durat
     let start = Instant::now();
     let tasks: Vec<_> = (0..waiters)
         .map(|i| {
-            let (backend, r, released_at, samples) = (backend.clone(), r.clone(), released_at.clone(), samples.clone());
+            let (backend, r, released_at, samples) = (
+                backend.clone(),
+                r.clone(),
+                released_at.clone(),
+                samples.clone(),
+            );
             tokio::spawn(async move {
                 while start.elapsed() < dur {
                     let resp = backend
-                        .try_lock(LockRequest::new(r.clone(), format!("w{i}")).with_wait(Duration::from_secs(60)))
+                        .try_lock(
+                            LockRequest::new(r.clone(), format!("w{i}"))
+                                .with_wait(Duration::from_secs(60)),
+                        )
                         .await
                         .unwrap();
                     let got = Instant::now();
@@ -208,7 +252,10 @@ async fn handoff_latency(dir: &Path, dur: Duration, waiters: usize) -> Vec<Durat
                         samples.lock().unwrap().push(got - t);
                     }
                     *released_at.lock().unwrap() = Some(Instant::now());
-                    backend.unlock(&r, lock.lease_id.as_ref().unwrap()).await.unwrap();
+                    backend
+                        .unlock(&r, lock.lease_id.as_ref().unwrap())
+                        .await
+                        .unwrap();
                 }
             })
         })

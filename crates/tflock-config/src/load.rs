@@ -488,6 +488,7 @@ impl Provider for JsonProvider {
     }
 }
 
+#[allow(clippy::result_large_err)] // figment's own error type, returned by its Provider trait
 fn json_to_dict(v: &serde_json::Value) -> Result<Map<Profile, Dict>, figment::Error> {
     let value = Value::serialize(v)?;
     let dict = value.into_dict().unwrap_or_default();
@@ -660,7 +661,7 @@ fn check(loaded: &mut Loaded, _sources: &Sources) -> Result<(), ConfigError> {
                 "is required with auth_method: acl".into(),
             ));
         }
-        if r.sentinel.master_name.is_some() != !r.sentinel.addresses.is_empty() {
+        if r.sentinel.master_name.is_some() == r.sentinel.addresses.is_empty() {
             problems.push((
                 "enhanced_locking.redis.sentinel",
                 "needs both master_name and addresses".into(),

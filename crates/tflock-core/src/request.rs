@@ -122,16 +122,15 @@ impl LockRequest {
     pub fn validate(mut self) -> Result<Self, InvalidRequest> {
         self.resource = self.resource.validate("resource")?;
         self.owner = self.owner.validate("")?;
-        if let Some(id) = &self.request_id {
-            if id.is_empty()
+        if let Some(id) = &self.request_id
+            && (id.is_empty()
                 || id.len() > MAX_REQUEST_ID_BYTES
-                || id.chars().any(|c| c.is_control())
-            {
-                return Err(InvalidRequest::new(
-                    "request_id",
-                    format!("must be 1 to {MAX_REQUEST_ID_BYTES} bytes without control characters"),
-                ));
-            }
+                || id.chars().any(|c| c.is_control()))
+        {
+            return Err(InvalidRequest::new(
+                "request_id",
+                format!("must be 1 to {MAX_REQUEST_ID_BYTES} bytes without control characters"),
+            ));
         }
         Ok(self)
     }
@@ -272,7 +271,7 @@ pub fn encode_cursor(storage_key: &str) -> String {
 }
 
 fn decode_cursor(c: &str) -> Option<String> {
-    if c.len() % 2 != 0 {
+    if !c.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..c.len())

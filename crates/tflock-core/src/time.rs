@@ -26,7 +26,9 @@ impl Timestamp {
         self.0
     }
 
-    /// The instant `d` later, saturating instead of overflowing.
+    /// The instant `d` later, saturating instead of overflowing. A named method rather
+    /// than `ops::Add` so that saturation is visible at the call site.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, d: Duration) -> Self {
         Timestamp(
             self.0

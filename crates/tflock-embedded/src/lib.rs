@@ -59,7 +59,9 @@ impl EmbeddedConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
-    #[error("the lock store {path} is already open in {holder}; stop that process or point embedded.path at another file")]
+    #[error(
+        "the lock store {path} is already open in {holder}; stop that process or point embedded.path at another file"
+    )]
     AlreadyOpen { path: PathBuf, holder: String },
     #[error("cannot open the lock store {path}: {message}")]
     Storage { path: PathBuf, message: String },
@@ -111,48 +113,77 @@ pub struct EmbeddedBackend {
 
 impl std::fmt::Debug for EmbeddedBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedBackend").field("path", &self.path).finish()
+        f.debug_struct("EmbeddedBackend")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
 impl EmbeddedBackend {
     /// Opens (creating when missing) the store file and starts the committer and the
     /// expiry sweeper. Fails when another process holds the file.
-    pub async fn open(config: EmbeddedConfig, clock: SharedClock) -> Result<Arc<EmbeddedBackend>, OpenError> {
+    pub async fn open(
+        config: EmbeddedConfig,
+        clock: SharedClock,
+    ) -> Result<Arc<EmbeddedBackend>, OpenError> {
         config.settings.validate()?;
         let path = config.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| OpenError::Storage { path: path.clone(), message: e.to_string() })?;
+            std::fs::create_dir_all(dir).map_err(|e| OpenError::Storage {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         }
         let p = path.clone();
         let (db, loaded) = tokio::task::spawn_blocking(move || store::open_database(&p))
             .await
-            .map_err(|e| OpenError::Storage { path: path.clone(), message: e.to_string() })??;
+            .map_err(|e| OpenError::Storage {
+                path: path.clone(),
+                message: e.to_string(),
+            })??;
         owner_file::write(&path);
         let mut state = State::load(loaded, clock.now());
         let (events, _) = broadcast::channel(4096);
         // Settle everything once: leases that expired while the store was closed end
         // now and their queues are handed on.
         {
-            let ctx = Ctx { now: clock.now(), settings: &config.settings, policy: config.settings.starvation_policy() };
+            let ctx = Ctx {
+                now: clock.now(),
+                settings: &config.settings,
+                policy: config.settings.starvation_policy(),
+            };
             for key in state.due_keys(ctx.now) {
                 state.settle(&key, &ctx);
             }
-            let free: Vec<String> = state.resources.iter().filter(|(_, r)| r.lock.is_none()).map(|(k, _)| k.clone()).collect();
+            let free: Vec<String> = state
+                .resources
+                .iter()
+                .filter(|(_, r)| r.lock.is_none())
+                .map(|(k, _)| k.clone())
+                .collect();
             for key in free {
                 state.settle(&key, &ctx);
             }
         }
         let seq = state.seq;
-        let shared = Arc::new(Shared { state: Mutex::new(state), events });
-        let (durable_tx, durable_rx) = watch::channel(Durable { seq: 0, failed: None });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            events,
+        });
+        let (durable_tx, durable_rx) = watch::channel(Durable {
+            seq: 0,
+            failed: None,
+        });
         let (wake_tx, wake_rx) = mpsc::channel();
         let committer = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("tflock-commit".into())
                 .spawn(move || store::run_committer(db, shared, wake_rx, durable_tx))
-                .map_err(|e| OpenError::Storage { path: path.clone(), message: e.to_string() })?
+                .map_err(|e| OpenError::Storage {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
         };
         let backend = Arc::new(EmbeddedBackend {
             shared,
@@ -179,21 +210,34 @@ impl EmbeddedBackend {
     }
 
     fn ctx(&self) -> Ctx<'_> {
-        Ctx { now: self.clock.now(), settings: &self.settings, policy: self.settings.starvation_policy() }
+        Ctx {
+            now: self.clock.now(),
+            settings: &self.settings,
+            policy: self.settings.starvation_policy(),
+        }
     }
 
     fn kick(&self) {
-        if let Some(tx) = self.wake_committer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(tx) = self
+            .wake_committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             let _ = tx.send(Wake::Work);
         }
     }
 
     fn check_open(&self) -> Result<(), BackendError> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(BackendError::Unavailable("the embedded store is closed".into()));
+            return Err(BackendError::Unavailable(
+                "the embedded store is closed".into(),
+            ));
         }
         if let Some(e) = &self.durable.borrow().failed {
-            return Err(BackendError::Unavailable(format!("the embedded store failed: {e}")));
+            return Err(BackendError::Unavailable(format!(
+                "the embedded store failed: {e}"
+            )));
         }
         Ok(())
     }
@@ -201,7 +245,10 @@ impl EmbeddedBackend {
     /// Runs `f` on the state under the mutex, then waits until everything it saw or
     /// changed is durable. Reads wait too: they must not report a grant that a crash
     /// could still undo.
-    async fn with_state<T>(&self, f: impl FnOnce(&mut State, &Ctx) -> T) -> Result<T, BackendError> {
+    async fn with_state<T>(
+        &self,
+        f: impl FnOnce(&mut State, &Ctx) -> T,
+    ) -> Result<T, BackendError> {
         self.check_open()?;
         let ctx = self.ctx();
         let (out, seq, next_due) = {
@@ -260,10 +307,15 @@ impl EmbeddedBackend {
         };
         let outcome = self
             .with_state(|st, ctx| match woke {
-                Some(WaiterWake::Closed) => Err(BackendError::Unavailable("the server is shutting down".into())),
+                Some(WaiterWake::Closed) => Err(BackendError::Unavailable(
+                    "the server is shutting down".into(),
+                )),
                 Some(WaiterWake::Cancelled) => {
                     let holder = st.lock(&key).map(Lock::public);
-                    Ok(LockResponse::not_acquired(holder, NotAcquiredReason::Cancelled))
+                    Ok(LockResponse::not_acquired(
+                        holder,
+                        NotAcquiredReason::Cancelled,
+                    ))
                 }
                 Some(WaiterWake::Granted) | None => {
                     if let Some(lock) = st.confirm(&key, &entry_id, ctx.now) {
@@ -288,22 +340,34 @@ impl EmbeddedBackend {
 
     /// TryLock without a queue: retry with back-off until the deadline. A release
     /// anywhere in the store cuts the back-off short.
-    async fn retry_loop(&self, req: LockRequest, ttl: Duration, deadline: tflock_core::Timestamp) -> Result<LockResponse, TryLockError> {
+    async fn retry_loop(
+        &self,
+        req: LockRequest,
+        ttl: Duration,
+        deadline: tflock_core::Timestamp,
+    ) -> Result<LockResponse, TryLockError> {
         let mut backoff = self.settings.min_retry_backoff;
         loop {
             let released = self.released.notified();
             let mut once = req.clone();
             once.wait = None;
-            let d = self.with_state(|st, ctx| st.try_lock(&once, ttl, ctx)).await?;
+            let d = self
+                .with_state(|st, ctx| st.try_lock(&once, ttl, ctx))
+                .await?;
             let Decision::Answer(r) = d else {
-                return Err(BackendError::Internal("a no-wait TryLock asked to wait".into()).into());
+                return Err(
+                    BackendError::Internal("a no-wait TryLock asked to wait".into()).into(),
+                );
             };
             if r.acquired {
-                return Ok(r);
+                return Ok(*r);
             }
             let now = self.clock.now();
             if now >= deadline {
-                return Ok(LockResponse { reason: Some(NotAcquiredReason::Timeout), ..r });
+                return Ok(LockResponse {
+                    reason: Some(NotAcquiredReason::Timeout),
+                    ..*r
+                });
             }
             let until = now.add(backoff).min(deadline);
             tokio::select! {
@@ -392,21 +456,37 @@ impl Backend for EmbeddedBackend {
     async fn try_lock(&self, request: LockRequest) -> Result<LockResponse, TryLockError> {
         let req = request.validate()?;
         let ttl = self.settings.resolve_ttl(req.ttl)?;
-        let decision = self.with_state(|st, ctx| st.try_lock(&req, ttl, ctx)).await?;
+        let decision = self
+            .with_state(|st, ctx| st.try_lock(&req, ttl, ctx))
+            .await?;
         match decision {
-            Decision::Answer(r) => Ok(r),
-            Decision::QueueFull => Err(TryLockError::QueueFull { max: self.settings.max_queue_size }),
+            Decision::Answer(r) => Ok(*r),
+            Decision::QueueFull => Err(TryLockError::QueueFull {
+                max: self.settings.max_queue_size,
+            }),
             Decision::WaitRefused => Err(tflock_core::InvalidRequest::new(
                 "wait",
                 "waiting needs enable_priority_queue or enable_retries; retry without wait",
             )
             .into()),
             Decision::Retry { deadline } => self.retry_loop(req, ttl, deadline).await,
-            Decision::Wait { key, entry_id, wake, deadline } => self.wait_for_grant(key, entry_id, wake, deadline, &req).await,
+            Decision::Wait {
+                key,
+                entry_id,
+                wake,
+                deadline,
+            } => {
+                self.wait_for_grant(key, entry_id, wake, deadline, &req)
+                    .await
+            }
         }
     }
 
-    async fn unlock(&self, resource: &Resource, lease_id: &LeaseId) -> Result<UnlockResponse, UnlockError> {
+    async fn unlock(
+        &self,
+        resource: &Resource,
+        lease_id: &LeaseId,
+    ) -> Result<UnlockResponse, UnlockError> {
         let resource = resource.clone().validate("resource")?;
         let key = resource.storage_key();
         let r = self
@@ -416,8 +496,13 @@ impl Backend for EmbeddedBackend {
                     None => Err(UnlockError::NotFound),
                     Some(l) if !l.held_by(lease_id) => Err(UnlockError::NotOwner),
                     Some(_) => {
-                        let (released, granted_to) = st.release(&key, EventKind::LockReleased, ctx).expect("held");
-                        Ok(UnlockResponse { released: released.public(), granted_to })
+                        let (released, granted_to) = st
+                            .release(&key, EventKind::LockReleased, ctx)
+                            .expect("held");
+                        Ok(UnlockResponse {
+                            released: released.public(),
+                            granted_to,
+                        })
                     }
                 }
             })
@@ -432,18 +517,29 @@ impl Backend for EmbeddedBackend {
         let r = self
             .with_state(|st, ctx| {
                 st.settle(&key, ctx);
-                let (released, granted_to) = st.release(&key, EventKind::LockReleased, ctx).ok_or(UnlockError::NotFound)?;
-                Ok(UnlockResponse { released: released.public(), granted_to })
+                let (released, granted_to) = st
+                    .release(&key, EventKind::LockReleased, ctx)
+                    .ok_or(UnlockError::NotFound)?;
+                Ok(UnlockResponse {
+                    released: released.public(),
+                    granted_to,
+                })
             })
             .await?;
         self.released.notify_waiters();
         r
     }
 
-    async fn unlock_by_pull(&self, repo: &str, pull: u64) -> Result<PullUnlockResponse, UnlockError> {
-        Resource::new(repo, ".", "default", "").map_err(|e| tflock_core::InvalidRequest::new("repo", e.message))?;
+    async fn unlock_by_pull(
+        &self,
+        repo: &str,
+        pull: u64,
+    ) -> Result<PullUnlockResponse, UnlockError> {
+        Resource::new(repo, ".", "default", "")
+            .map_err(|e| tflock_core::InvalidRequest::new("repo", e.message))?;
         let owner_name = format!("{repo}#{pull}");
-        let matches = |o: &Owner| o.pull.as_ref().is_some_and(|p| p.num == pull) || o.owner == owner_name;
+        let matches =
+            |o: &Owner| o.pull.as_ref().is_some_and(|p| p.num == pull) || o.owner == owner_name;
         let r = self
             .with_state(|st, ctx| {
                 let mut out = PullUnlockResponse::default();
@@ -454,17 +550,23 @@ impl Backend for EmbeddedBackend {
                     let entries: Vec<String> = st
                         .resources
                         .get(&key)
-                        .map(|r| r.queue.iter().filter(|e| matches(&e.owner)).map(|e| e.entry_id.clone()).collect())
+                        .map(|r| {
+                            r.queue
+                                .iter()
+                                .filter(|e| matches(&e.owner))
+                                .map(|e| e.entry_id.clone())
+                                .collect()
+                        })
                         .unwrap_or_default();
                     for id in entries {
                         if let Some(v) = st.cancel_entry(&id, ctx) {
                             out.cancelled.push(v.entry);
                         }
                     }
-                    if st.lock(&key).is_some_and(|l| matches(&l.owner)) {
-                        if let Some((l, _)) = st.release(&key, EventKind::LockReleased, ctx) {
-                            out.released.push(l.public());
-                        }
+                    if st.lock(&key).is_some_and(|l| matches(&l.owner))
+                        && let Some((l, _)) = st.release(&key, EventKind::LockReleased, ctx)
+                    {
+                        out.released.push(l.public());
                     }
                 }
                 out
@@ -474,18 +576,29 @@ impl Backend for EmbeddedBackend {
         Ok(r)
     }
 
-    async fn refresh_lock(&self, resource: &Resource, lease_id: &LeaseId, ttl: Duration) -> Result<Lock, RefreshError> {
+    async fn refresh_lock(
+        &self,
+        resource: &Resource,
+        lease_id: &LeaseId,
+        ttl: Duration,
+    ) -> Result<Lock, RefreshError> {
         let resource = resource.clone().validate("resource")?;
         let ttl = self.settings.resolve_ttl(Some(ttl))?;
         let key = resource.storage_key();
         self.with_state(|st, ctx| {
             st.settle(&key, ctx);
-            st.refresh(&key, lease_id, ttl, ctx.now).ok_or(RefreshError::LeaseLost)
+            st.refresh(&key, lease_id, ttl, ctx.now)
+                .ok_or(RefreshError::LeaseLost)
         })
         .await?
     }
 
-    async fn transfer_lock(&self, resource: &Resource, auth: TransferAuth, to: Owner) -> Result<Lock, TransferError> {
+    async fn transfer_lock(
+        &self,
+        resource: &Resource,
+        auth: TransferAuth,
+        to: Owner,
+    ) -> Result<Lock, TransferError> {
         let resource = resource.clone().validate("resource")?;
         let to = to.validate("to")?;
         let key = resource.storage_key();
@@ -494,8 +607,12 @@ impl Backend for EmbeddedBackend {
             match (st.lock(&key), &auth) {
                 (None, TransferAuth::Admin) => Err(TransferError::NotFound),
                 (None, TransferAuth::Lease(_)) => Err(TransferError::LeaseLost),
-                (Some(l), TransferAuth::Lease(lease)) if !l.held_by(lease) => Err(TransferError::LeaseLost),
-                (Some(_), _) => st.transfer(&key, to, ctx.now).ok_or(TransferError::NotFound),
+                (Some(l), TransferAuth::Lease(lease)) if !l.held_by(lease) => {
+                    Err(TransferError::LeaseLost)
+                }
+                (Some(_), _) => st
+                    .transfer(&key, to, ctx.now)
+                    .ok_or(TransferError::NotFound),
             }
         })
         .await?
@@ -505,7 +622,11 @@ impl Backend for EmbeddedBackend {
         let resource = resource.clone().validate("resource")?;
         let key = resource.storage_key();
         Ok(self
-            .with_state(|st, ctx| st.lock(&key).filter(|l| !l.expired_at(ctx.now)).map(Lock::public))
+            .with_state(|st, ctx| {
+                st.lock(&key)
+                    .filter(|l| !l.expired_at(ctx.now))
+                    .map(Lock::public)
+            })
             .await?)
     }
 
@@ -515,14 +636,19 @@ impl Backend for EmbeddedBackend {
         Ok(self
             .with_state(|st, ctx| {
                 let range = match &after {
-                    Some(k) => st.resources.range::<String, _>((std::ops::Bound::Excluded(k.clone()), std::ops::Bound::Unbounded)),
+                    Some(k) => st.resources.range::<String, _>((
+                        std::ops::Bound::Excluded(k.clone()),
+                        std::ops::Bound::Unbounded,
+                    )),
                     None => st.resources.range::<String, _>(..),
                 };
                 let mut locks = Vec::with_capacity(limit.min(1024));
                 let mut last_key = None;
                 let mut more = false;
                 for (key, rec) in range {
-                    let Some(l) = rec.lock.as_ref().map(|l| &l.lock) else { continue };
+                    let Some(l) = rec.lock.as_ref().map(|l| &l.lock) else {
+                        continue;
+                    };
                     if l.expired_at(ctx.now) || !filter.matches(l) {
                         continue;
                     }
@@ -535,7 +661,11 @@ impl Backend for EmbeddedBackend {
                 }
                 LockPage {
                     locks,
-                    next_cursor: if more { last_key.map(|k| tflock_core::request::encode_cursor(&k)) } else { None },
+                    next_cursor: if more {
+                        last_key.map(|k| tflock_core::request::encode_cursor(&k))
+                    } else {
+                        None
+                    },
                 }
             })
             .await?)
@@ -547,9 +677,18 @@ impl Backend for EmbeddedBackend {
         Ok(self
             .with_state(|st, ctx| {
                 let rec = st.resources.get(&key);
-                let lock = rec.and_then(|r| r.lock.as_ref()).map(|l| l.lock.public()).filter(|l| !l.expired_at(ctx.now));
-                let entries = rec.map(|r| QueueEntryView::ordered(&r.queue, ctx.now, &ctx.policy)).unwrap_or_default();
-                QueueStatus { resource: resource.clone(), lock, entries }
+                let lock = rec
+                    .and_then(|r| r.lock.as_ref())
+                    .map(|l| l.lock.public())
+                    .filter(|l| !l.expired_at(ctx.now));
+                let entries = rec
+                    .map(|r| QueueEntryView::ordered(&r.queue, ctx.now, &ctx.policy))
+                    .unwrap_or_default();
+                QueueStatus {
+                    resource: resource.clone(),
+                    lock,
+                    entries,
+                }
             })
             .await?)
     }
@@ -567,7 +706,8 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
-        self.with_state(|st, ctx| st.cancel_entry(entry_id, ctx).ok_or(CancelError::NotFound)).await?
+        self.with_state(|st, ctx| st.cancel_entry(entry_id, ctx).ok_or(CancelError::NotFound))
+            .await?
     }
 
     async fn health_check(&self) -> Result<BackendHealth, BackendError> {
@@ -576,7 +716,9 @@ impl Backend for EmbeddedBackend {
         // Writable: a durable no-op round through the committer proves the file takes
         // commits; the file's size is what operators watch.
         self.with_state(|st, _| st.seq += 1).await?;
-        let size = std::fs::metadata(&self.path).map(|m| m.len()).map_err(|e| BackendError::Unavailable(format!("{}: {e}", self.path.display())))?;
+        let size = std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|e| BackendError::Unavailable(format!("{}: {e}", self.path.display())))?;
         let mut details = serde_json::Map::new();
         details.insert("path".into(), self.path.display().to_string().into());
         details.insert("file_size_bytes".into(), size.into());
@@ -595,7 +737,11 @@ impl Backend for EmbeddedBackend {
         let now = self.clock.now();
         let st = self.shared.lock();
         Ok(BackendMetrics {
-            active_locks: st.resources.values().filter(|r| r.lock.as_ref().is_some_and(|l| !l.lock.expired_at(now))).count() as u64,
+            active_locks: st
+                .resources
+                .values()
+                .filter(|r| r.lock.as_ref().is_some_and(|l| !l.lock.expired_at(now)))
+                .count() as u64,
             queue_depth: st.queue_depth(),
             handoffs: st.handoffs,
             expiries: st.expiries,
@@ -612,10 +758,19 @@ impl Backend for EmbeddedBackend {
         }
         self.shared.lock().close_waiters();
         self.sweeper_wake.notify_one();
-        if let Some(tx) = self.wake_committer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(tx) = self
+            .wake_committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = tx.send(Wake::Close);
         }
-        let handle = self.committer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
@@ -625,10 +780,20 @@ impl Backend for EmbeddedBackend {
 impl Drop for EmbeddedBackend {
     fn drop(&mut self) {
         // Without close(): still stop the committer so the file is released.
-        if let Some(tx) = self.wake_committer.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(tx) = self
+            .wake_committer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = tx.send(Wake::Close);
         }
-        if let Some(h) = self.committer.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .committer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = h.join();
         }
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tflock_core::queue::{self, StarvationPolicy};
 use tflock_core::{
-    EntryKind, EventKind, FencingToken, LeaseId, Lock, LockEvent, LockSettings, Owner,
-    Priority, QueueEntry, QueueEntryView, Resource, Timestamp,
+    EntryKind, EventKind, FencingToken, LeaseId, Lock, LockEvent, LockSettings, Owner, Priority,
+    QueueEntry, QueueEntryView, Resource, Timestamp,
 };
 use tokio::sync::oneshot;
 
@@ -69,7 +69,7 @@ pub(crate) struct Batch {
 /// The decision TryLock takes under the mutex.
 pub(crate) enum Decision {
     /// Answer now.
-    Answer(tflock_core::LockResponse),
+    Answer(Box<tflock_core::LockResponse>),
     /// Block until woken or `deadline`.
     Wait {
         key: String,
@@ -169,7 +169,9 @@ impl State {
         if let Some(old) = self.due_of.remove(key) {
             self.due.remove(&(old, key.to_string()));
         }
-        let Some(rec) = self.resources.get(key) else { return };
+        let Some(rec) = self.resources.get(key) else {
+            return;
+        };
         let lock_due = rec.lock.as_ref().map(|l| l.lock.expires_at);
         let queue_due = rec
             .queue
@@ -187,7 +189,15 @@ impl State {
         }
     }
 
-    fn emit(&mut self, event: EventKind, resource: &Resource, owner: &str, token: Option<FencingToken>, entry_id: Option<&str>, at: Timestamp) {
+    fn emit(
+        &mut self,
+        event: EventKind,
+        resource: &Resource,
+        owner: &str,
+        token: Option<FencingToken>,
+        entry_id: Option<&str>,
+        at: Timestamp,
+    ) {
         self.events.push(LockEvent {
             event,
             key: resource.lock_key(),
@@ -211,7 +221,11 @@ impl State {
 
     /// Serialises everything dirty for one commit; `None` when nothing is.
     pub fn take_batch(&mut self) -> Option<Batch> {
-        if self.dirty_resources.is_empty() && self.dirty_tokens.is_empty() && self.dirty_answers.is_empty() && self.events.is_empty() {
+        if self.dirty_resources.is_empty()
+            && self.dirty_tokens.is_empty()
+            && self.dirty_answers.is_empty()
+            && self.events.is_empty()
+        {
             return None;
         }
         let mut b = Batch {
@@ -220,7 +234,10 @@ impl State {
             ..Batch::default()
         };
         for key in std::mem::take(&mut self.dirty_resources) {
-            let bytes = self.resources.get(&key).map(|r| serde_json::to_vec(r).expect("records serialise"));
+            let bytes = self
+                .resources
+                .get(&key)
+                .map(|r| serde_json::to_vec(r).expect("records serialise"));
             b.resources.push((key, bytes));
         }
         for key in std::mem::take(&mut self.dirty_tokens) {
@@ -229,7 +246,10 @@ impl State {
             }
         }
         for key in std::mem::take(&mut self.dirty_answers) {
-            let bytes = self.answers.get(&key).map(|a| serde_json::to_vec(a).expect("answers serialise"));
+            let bytes = self
+                .answers
+                .get(&key)
+                .map(|a| serde_json::to_vec(a).expect("answers serialise"));
             b.answers.push((key, bytes));
         }
         Some(b)
@@ -237,7 +257,11 @@ impl State {
 
     /// Drops a resource's row when nothing is left in it (its token stays).
     fn gc(&mut self, key: &str) {
-        if self.resources.get(key).is_some_and(|r| r.lock.is_none() && r.queue.is_empty()) {
+        if self
+            .resources
+            .get(key)
+            .is_some_and(|r| r.lock.is_none() && r.queue.is_empty())
+        {
             self.resources.remove(key);
             self.touch(key);
         }
@@ -256,7 +280,9 @@ impl State {
     /// Brings a resource up to date at `now`: ends an expired lease, drops reservations
     /// past their deadline and hands a free lock to the best entry.
     pub fn settle(&mut self, key: &str, ctx: &Ctx) {
-        let Some(rec) = self.resources.get_mut(key) else { return };
+        let Some(rec) = self.resources.get_mut(key) else {
+            return;
+        };
         let now = ctx.now;
         let mut changed = false;
         let mut left = Vec::new();
@@ -275,14 +301,31 @@ impl State {
         for e in left {
             changed = true;
             self.entry_index.remove(&e.entry_id);
-            self.emit(EventKind::QueueLeft, &resource, &e.owner.owner, None, Some(&e.entry_id), now);
+            self.emit(
+                EventKind::QueueLeft,
+                &resource,
+                &e.owner.owner,
+                None,
+                Some(&e.entry_id),
+                now,
+            );
         }
         if let Some(l) = expired {
             changed = true;
             self.expiries += 1;
-            self.emit(EventKind::LockExpired, &resource, &l.lock.owner.owner, Some(l.lock.fencing_token), None, now);
+            self.emit(
+                EventKind::LockExpired,
+                &resource,
+                &l.lock.owner.owner,
+                Some(l.lock.fencing_token),
+                None,
+                now,
+            );
         }
-        let free_with_queue = self.resources.get(key).is_some_and(|r| r.lock.is_none() && !r.queue.is_empty());
+        let free_with_queue = self
+            .resources
+            .get(key)
+            .is_some_and(|r| r.lock.is_none() && !r.queue.is_empty());
         if free_with_queue {
             self.handoff(key, ctx);
         } else if changed {
@@ -295,12 +338,18 @@ impl State {
     pub fn handoff(&mut self, key: &str, ctx: &Ctx) -> Option<QueueEntryView> {
         let rec = self.resources.get_mut(key)?;
         debug_assert!(rec.lock.is_none());
-        let next = queue::next_entry(&rec.queue, ctx.now, &ctx.policy)?.entry_id.clone();
+        let next = queue::next_entry(&rec.queue, ctx.now, &ctx.policy)?
+            .entry_id
+            .clone();
         let idx = rec.queue.iter().position(|e| e.entry_id == next)?;
         let entry = rec.queue.remove(idx);
         self.entry_index.remove(&entry.entry_id);
         let view = QueueEntryView {
-            effective_priority: ctx.policy.effective_priority(entry.priority, entry.enqueued_at, ctx.now),
+            effective_priority: ctx.policy.effective_priority(
+                entry.priority,
+                entry.enqueued_at,
+                ctx.now,
+            ),
             position: 1,
             waited: ctx.now.since(entry.enqueued_at),
             entry: entry.clone(),
@@ -310,14 +359,41 @@ impl State {
             EntryKind::Waiter => {
                 // The claim window: the lease lasts claim_timeout until the waiter's
                 // call confirms it, so a dead waiter delays the queue only that long.
-                self.grant(key, &entry.resource, entry.owner.clone(), entry.priority, entry.ttl, ctx.settings.claim_timeout, Some(entry.entry_id.clone()), entry.request_id.clone(), ctx.now);
+                self.grant(
+                    key,
+                    &entry.resource,
+                    entry.owner.clone(),
+                    entry.priority,
+                    entry.ttl,
+                    ctx.settings.claim_timeout,
+                    Some(entry.entry_id.clone()),
+                    entry.request_id.clone(),
+                    ctx.now,
+                );
                 if let Some(tx) = self.waiters.remove(&entry.entry_id) {
                     let _ = tx.send(WaiterWake::Granted);
                 }
             }
             EntryKind::Reservation => {
-                let token = self.grant(key, &entry.resource, entry.owner.clone(), entry.priority, entry.ttl, entry.ttl, None, entry.request_id.clone(), ctx.now);
-                self.emit(EventKind::QueueGranted, &entry.resource, &entry.owner.owner, Some(token), Some(&entry.entry_id), ctx.now);
+                let token = self.grant(
+                    key,
+                    &entry.resource,
+                    entry.owner.clone(),
+                    entry.priority,
+                    entry.ttl,
+                    entry.ttl,
+                    None,
+                    entry.request_id.clone(),
+                    ctx.now,
+                );
+                self.emit(
+                    EventKind::QueueGranted,
+                    &entry.resource,
+                    &entry.owner.owner,
+                    Some(token),
+                    Some(&entry.entry_id),
+                    ctx.now,
+                );
             }
         }
         Some(view)
@@ -353,13 +429,27 @@ impl State {
             claim_pending,
             lease_id: Some(LeaseId::generate()),
         };
-        let rec = self.resources.entry(key.to_string()).or_insert_with(|| ResourceRecord {
-            resource: resource.clone(),
-            lock: None,
-            queue: Vec::new(),
+        let rec = self
+            .resources
+            .entry(key.to_string())
+            .or_insert_with(|| ResourceRecord {
+                resource: resource.clone(),
+                lock: None,
+                queue: Vec::new(),
+            });
+        rec.lock = Some(LockRecord {
+            lock,
+            entry_id,
+            request_id,
         });
-        rec.lock = Some(LockRecord { lock, entry_id, request_id });
-        self.emit(EventKind::LockAcquired, resource, &owner_name, Some(token), None, now);
+        self.emit(
+            EventKind::LockAcquired,
+            resource,
+            &owner_name,
+            Some(token),
+            None,
+            now,
+        );
         self.touch(key);
         token
     }
@@ -370,7 +460,12 @@ impl State {
     }
 
     /// TryLock's decision (the request is validated, its TTL resolved).
-    pub fn try_lock(&mut self, req: &tflock_core::LockRequest, ttl: Duration, ctx: &Ctx) -> Decision {
+    pub fn try_lock(
+        &mut self,
+        req: &tflock_core::LockRequest,
+        ttl: Duration,
+        ctx: &Ctx,
+    ) -> Decision {
         use tflock_core::{LockResponse, NotAcquiredReason, QueuePlacement};
         let key = req.resource.storage_key();
         self.settle(&key, ctx);
@@ -388,30 +483,52 @@ impl State {
                         response.lock = Some(cur.clone());
                     }
                 }
-                return Decision::Answer(response);
+                return Decision::Answer(Box::new(response));
             }
-            let pending = self.resources.get(&key).and_then(|r| r.lock.as_ref()).is_some_and(|l| {
-                l.request_id.as_deref() == Some(rid.as_str()) && l.lock.owner.owner == req.owner.owner
-            });
+            let pending = self
+                .resources
+                .get(&key)
+                .and_then(|r| r.lock.as_ref())
+                .is_some_and(|l| {
+                    l.request_id.as_deref() == Some(rid.as_str())
+                        && l.lock.owner.owner == req.owner.owner
+                });
             if pending {
-                let entry = self.resources[&key].lock.as_ref().and_then(|l| l.entry_id.clone());
+                let entry = self.resources[&key]
+                    .lock
+                    .as_ref()
+                    .and_then(|l| l.entry_id.clone());
                 if let Some(lock) = entry.and_then(|e| self.confirm(&key, &e, now)) {
                     let response = LockResponse::granted(lock);
                     self.remember(req, &response, ctx);
-                    return Decision::Answer(response);
+                    return Decision::Answer(Box::new(response));
                 }
             }
         }
 
-        let held = self.resources.get(&key).and_then(|r| r.lock.as_ref()).map(|l| l.lock.clone());
+        let held = self
+            .resources
+            .get(&key)
+            .and_then(|r| r.lock.as_ref())
+            .map(|l| l.lock.clone());
         match held {
             None => {
-                let token = self.grant(&key, &req.resource, req.owner.clone(), req.priority, ttl, ttl, None, req.request_id.clone(), now);
+                let token = self.grant(
+                    &key,
+                    &req.resource,
+                    req.owner.clone(),
+                    req.priority,
+                    ttl,
+                    ttl,
+                    None,
+                    req.request_id.clone(),
+                    now,
+                );
                 let _ = token;
                 let lock = self.lock(&key).cloned().expect("just granted");
                 let response = LockResponse::granted(lock);
                 self.remember(req, &response, ctx);
-                Decision::Answer(response)
+                Decision::Answer(Box::new(response))
             }
             Some(cur) if cur.owner.owner == req.owner.owner => {
                 // Re-lock by the holder (Atlantis re-plans): same lease and token, expiry
@@ -429,18 +546,23 @@ impl State {
                 self.touch(&key);
                 let response = LockResponse::granted(lock);
                 self.remember(req, &response, ctx);
-                Decision::Answer(response)
+                Decision::Answer(Box::new(response))
             }
             Some(cur) => {
-                let wait = req.wait.map(|w| ctx.settings.resolve_wait(w)).filter(|d| !d.is_zero());
+                let wait = req
+                    .wait
+                    .map(|w| ctx.settings.resolve_wait(w))
+                    .filter(|d| !d.is_zero());
                 if !req.reserve && wait.is_none() {
                     let response = LockResponse::not_acquired(Some(cur), NotAcquiredReason::Held);
                     self.remember(req, &response, ctx);
-                    return Decision::Answer(response);
+                    return Decision::Answer(Box::new(response));
                 }
                 if !ctx.settings.enable_priority_queue {
                     return match wait {
-                        Some(w) if ctx.settings.enable_retries && !req.reserve => Decision::Retry { deadline: now.add(w) },
+                        Some(w) if ctx.settings.enable_retries && !req.reserve => Decision::Retry {
+                            deadline: now.add(w),
+                        },
                         _ => Decision::WaitRefused,
                     };
                 }
@@ -448,22 +570,27 @@ impl State {
                 if req.reserve {
                     // One reservation per owner and resource: reserving again answers
                     // with the place already held.
-                    if let Some(e) = rec.queue.iter().find(|e| e.kind == EntryKind::Reservation && e.owner.owner == req.owner.owner) {
+                    if let Some(e) = rec.queue.iter().find(|e| {
+                        e.kind == EntryKind::Reservation && e.owner.owner == req.owner.owner
+                    }) {
                         let position = self.position(&key, &e.entry_id.clone(), ctx);
                         let entry_id = e.entry_id.clone();
-                        return Decision::Answer(LockResponse {
+                        return Decision::Answer(Box::new(LockResponse {
                             acquired: false,
                             lock: Some(cur.public()),
                             queue: Some(QueuePlacement { entry_id, position }),
                             reason: Some(NotAcquiredReason::Held),
-                        });
+                        }));
                     }
                 }
                 if rec.queue.len() >= ctx.settings.max_queue_size {
                     return Decision::QueueFull;
                 }
                 let (kind, deadline) = if req.reserve {
-                    (EntryKind::Reservation, now.add(ctx.settings.resolve_reservation(req.wait)))
+                    (
+                        EntryKind::Reservation,
+                        now.add(ctx.settings.resolve_reservation(req.wait)),
+                    )
                 } else {
                     (EntryKind::Waiter, now.add(wait.expect("checked above")))
                 };
@@ -479,9 +606,20 @@ impl State {
                     request_id: req.request_id.clone(),
                 };
                 let entry_id = entry.entry_id.clone();
-                self.emit(EventKind::QueueEntered, &req.resource, &req.owner.owner, None, Some(&entry_id), now);
+                self.emit(
+                    EventKind::QueueEntered,
+                    &req.resource,
+                    &req.owner.owner,
+                    None,
+                    Some(&entry_id),
+                    now,
+                );
                 self.entry_index.insert(entry_id.clone(), key.clone());
-                self.resources.get_mut(&key).expect("held").queue.push(entry);
+                self.resources
+                    .get_mut(&key)
+                    .expect("held")
+                    .queue
+                    .push(entry);
                 self.touch(&key);
                 if req.reserve {
                     let position = self.position(&key, &entry_id, ctx);
@@ -492,18 +630,25 @@ impl State {
                         reason: Some(NotAcquiredReason::Held),
                     };
                     self.remember(req, &response, ctx);
-                    Decision::Answer(response)
+                    Decision::Answer(Box::new(response))
                 } else {
                     let (tx, rx) = oneshot::channel();
                     self.waiters.insert(entry_id.clone(), tx);
-                    Decision::Wait { key, entry_id, wake: rx, deadline }
+                    Decision::Wait {
+                        key,
+                        entry_id,
+                        wake: rx,
+                        deadline,
+                    }
                 }
             }
         }
     }
 
     fn position(&self, key: &str, entry_id: &str, ctx: &Ctx) -> usize {
-        let Some(rec) = self.resources.get(key) else { return 0 };
+        let Some(rec) = self.resources.get(key) else {
+            return 0;
+        };
         queue::grant_order(&rec.queue, ctx.now, &ctx.policy)
             .iter()
             .position(|e| e.entry_id == entry_id)
@@ -511,11 +656,22 @@ impl State {
     }
 
     /// Keeps the answer to a request with a request id for its retries.
-    pub fn remember(&mut self, req: &tflock_core::LockRequest, response: &tflock_core::LockResponse, ctx: &Ctx) {
+    pub fn remember(
+        &mut self,
+        req: &tflock_core::LockRequest,
+        response: &tflock_core::LockResponse,
+        ctx: &Ctx,
+    ) {
         let Some(rid) = &req.request_id else { return };
         let key = answer_key(&req.owner.owner, rid);
         let expires_at = ctx.now.add(ctx.settings.request_id_retention);
-        if let Some(old) = self.answers.insert(key.clone(), StoredAnswer { response: response.clone(), expires_at }) {
+        if let Some(old) = self.answers.insert(
+            key.clone(),
+            StoredAnswer {
+                response: response.clone(),
+                expires_at,
+            },
+        ) {
             self.answer_due.remove(&(old.expires_at, key.clone()));
         }
         self.answer_due.insert((expires_at, key.clone()));
@@ -543,7 +699,10 @@ impl State {
 
     /// Whether the lock of `key` is the (unconfirmed) grant to `entry_id`.
     pub fn granted_to(&self, key: &str, entry_id: &str) -> bool {
-        self.resources.get(key).and_then(|r| r.lock.as_ref()).is_some_and(|l| l.entry_id.as_deref() == Some(entry_id))
+        self.resources
+            .get(key)
+            .and_then(|r| r.lock.as_ref())
+            .is_some_and(|l| l.entry_id.as_deref() == Some(entry_id))
     }
 
     /// Removes a queue entry; returns it.
@@ -553,7 +712,14 @@ impl State {
         let idx = rec.queue.iter().position(|e| e.entry_id == entry_id)?;
         let e = rec.queue.remove(idx);
         self.waiters.remove(entry_id);
-        self.emit(EventKind::QueueLeft, &e.resource, &e.owner.owner, None, Some(&e.entry_id), now);
+        self.emit(
+            EventKind::QueueLeft,
+            &e.resource,
+            &e.owner.owner,
+            None,
+            Some(&e.entry_id),
+            now,
+        );
         self.touch(&key);
         self.gc(&key);
         Some(e)
@@ -582,7 +748,9 @@ impl State {
             let _ = tx.send(WaiterWake::Cancelled);
         }
         Some(QueueEntryView {
-            effective_priority: ctx.policy.effective_priority(e.priority, e.enqueued_at, ctx.now),
+            effective_priority: ctx
+                .policy
+                .effective_priority(e.priority, e.enqueued_at, ctx.now),
             position,
             waited: ctx.now.since(e.enqueued_at),
             entry: e,
@@ -591,11 +759,23 @@ impl State {
 
     /// Ends the current lease and hands the lock on. Returns the ended lock and the
     /// entry it went to.
-    pub fn release(&mut self, key: &str, event: EventKind, ctx: &Ctx) -> Option<(Lock, Option<QueueEntryView>)> {
+    pub fn release(
+        &mut self,
+        key: &str,
+        event: EventKind,
+        ctx: &Ctx,
+    ) -> Option<(Lock, Option<QueueEntryView>)> {
         let rec = self.resources.get_mut(key)?;
         let old = rec.lock.take()?;
         let resource = rec.resource.clone();
-        self.emit(event, &resource, &old.lock.owner.owner, Some(old.lock.fencing_token), None, ctx.now);
+        self.emit(
+            event,
+            &resource,
+            &old.lock.owner.owner,
+            Some(old.lock.fencing_token),
+            None,
+            ctx.now,
+        );
         self.touch(key);
         let granted = self.handoff(key, ctx);
         self.gc(key);
@@ -603,7 +783,13 @@ impl State {
     }
 
     /// Refreshes a lease: expiry now + `ttl`.
-    pub fn refresh(&mut self, key: &str, lease: &LeaseId, ttl: Duration, now: Timestamp) -> Option<Lock> {
+    pub fn refresh(
+        &mut self,
+        key: &str,
+        lease: &LeaseId,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Option<Lock> {
         let l = self.resources.get_mut(key)?.lock.as_mut()?;
         if !l.lock.held_by(lease) {
             return None;
@@ -634,14 +820,27 @@ impl State {
         let lock = l.lock.clone();
         let resource = rec.resource.clone();
         let _ = from;
-        self.emit(EventKind::LockTransferred, &resource, &lock.owner.owner, Some(token), None, now);
+        self.emit(
+            EventKind::LockTransferred,
+            &resource,
+            &lock.owner.owner,
+            Some(token),
+            None,
+            now,
+        );
         self.touch(key);
         Some(lock)
     }
 
     /// Every resource key whose lock or queue has something of `repo` and `pull`.
     pub fn keys_of_repo(&self, repo: &str) -> Vec<String> {
-        let start = Resource { repo: repo.to_string(), path: String::new(), workspace: String::new(), project_name: String::new() }.storage_key();
+        let start = Resource {
+            repo: repo.to_string(),
+            path: String::new(),
+            workspace: String::new(),
+            project_name: String::new(),
+        }
+        .storage_key();
         // Storage keys of one repo are contiguous: they start with repo + separator.
         let prefix = format!("{repo}{}", tflock_core::resource::STORAGE_KEY_SEPARATOR);
         self.resources
@@ -653,7 +852,11 @@ impl State {
 
     /// Resources whose due time has come, for the sweeper.
     pub fn due_keys(&self, now: Timestamp) -> Vec<String> {
-        self.due.iter().take_while(|(t, _)| *t <= now).map(|(_, k)| k.clone()).collect()
+        self.due
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, k)| k.clone())
+            .collect()
     }
 
     /// Forgets answers past their retention.

@@ -68,16 +68,22 @@ pub(crate) fn open_database(path: &Path) -> Result<(Database, Loaded), OpenError
         let tx = db.begin_write().map_err(|e| storage(&e))?;
         {
             let mut meta = tx.open_table(META).map_err(|e| storage(&e))?;
-            let version = meta.get("format_version").map_err(|e| storage(&e))?.map(|v| v.value().to_string());
+            let version = meta
+                .get("format_version")
+                .map_err(|e| storage(&e))?
+                .map(|v| v.value().to_string());
             match version.as_deref() {
                 None => {
-                    meta.insert("format_version", FORMAT_VERSION).map_err(|e| storage(&e))?;
+                    meta.insert("format_version", FORMAT_VERSION)
+                        .map_err(|e| storage(&e))?;
                 }
                 Some(FORMAT_VERSION) => {}
                 Some(other) => {
                     return Err(OpenError::Format {
                         path: path.to_path_buf(),
-                        message: format!("file format version {other}, this tflock reads {FORMAT_VERSION}"),
+                        message: format!(
+                            "file format version {other}, this tflock reads {FORMAT_VERSION}"
+                        ),
                     });
                 }
             }
@@ -97,18 +103,35 @@ pub(crate) fn open_database(path: &Path) -> Result<(Database, Loaded), OpenError
         path: path.to_path_buf(),
         message: format!("record {key:?} does not decode: {e}"),
     };
-    for row in rx.open_table(RESOURCES).map_err(|e| storage(&e))?.iter().map_err(|e| storage(&e))? {
+    for row in rx
+        .open_table(RESOURCES)
+        .map_err(|e| storage(&e))?
+        .iter()
+        .map_err(|e| storage(&e))?
+    {
         let (k, v) = row.map_err(|e| storage(&e))?;
-        let rec: ResourceRecord = serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+        let rec: ResourceRecord =
+            serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
         loaded.resources.insert(k.value().to_string(), rec);
     }
-    for row in rx.open_table(TOKENS).map_err(|e| storage(&e))?.iter().map_err(|e| storage(&e))? {
+    for row in rx
+        .open_table(TOKENS)
+        .map_err(|e| storage(&e))?
+        .iter()
+        .map_err(|e| storage(&e))?
+    {
         let (k, v) = row.map_err(|e| storage(&e))?;
         loaded.tokens.insert(k.value().to_string(), v.value());
     }
-    for row in rx.open_table(ANSWERS).map_err(|e| storage(&e))?.iter().map_err(|e| storage(&e))? {
+    for row in rx
+        .open_table(ANSWERS)
+        .map_err(|e| storage(&e))?
+        .iter()
+        .map_err(|e| storage(&e))?
+    {
         let (k, v) = row.map_err(|e| storage(&e))?;
-        let ans: StoredAnswer = serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+        let ans: StoredAnswer =
+            serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
         loaded.answers.insert(k.value().to_string(), ans);
     }
     drop(rx);
@@ -125,7 +148,12 @@ pub(crate) enum Wake {
 
 /// Runs the committer until told to close. Owns the database; dropping it at the end
 /// releases the file lock so the same process can open the file again.
-pub(crate) fn run_committer(db: Database, shared: Arc<Shared>, wake: mpsc::Receiver<Wake>, durable: watch::Sender<Durable>) {
+pub(crate) fn run_committer(
+    db: Database,
+    shared: Arc<Shared>,
+    wake: mpsc::Receiver<Wake>,
+    durable: watch::Sender<Durable>,
+) {
     let mut closing = false;
     loop {
         if !closing {
@@ -176,7 +204,9 @@ fn write_batch(db: &Database, batch: &Batch) -> Result<(), String> {
         for (key, rec) in &batch.resources {
             match rec {
                 Some(bytes) => {
-                    resources.insert(key.as_str(), bytes.as_slice()).map_err(|e| e.to_string())?;
+                    resources
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(|e| e.to_string())?;
                 }
                 None => {
                     resources.remove(key.as_str()).map_err(|e| e.to_string())?;
@@ -185,13 +215,17 @@ fn write_batch(db: &Database, batch: &Batch) -> Result<(), String> {
         }
         let mut tokens = tx.open_table(TOKENS).map_err(|e| e.to_string())?;
         for (key, token) in &batch.tokens {
-            tokens.insert(key.as_str(), *token).map_err(|e| e.to_string())?;
+            tokens
+                .insert(key.as_str(), *token)
+                .map_err(|e| e.to_string())?;
         }
         let mut answers = tx.open_table(ANSWERS).map_err(|e| e.to_string())?;
         for (key, ans) in &batch.answers {
             match ans {
                 Some(bytes) => {
-                    answers.insert(key.as_str(), bytes.as_slice()).map_err(|e| e.to_string())?;
+                    answers
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(|e| e.to_string())?;
                 }
                 None => {
                     answers.remove(key.as_str()).map_err(|e| e.to_string())?;

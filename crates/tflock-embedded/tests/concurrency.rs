@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use tflock_core::{Backend, LockRequest, LockSettings, NotAcquiredReason, Priority, Resource, SystemClock};
+use tflock_core::{
+    Backend, LockRequest, LockSettings, NotAcquiredReason, Priority, Resource, SystemClock,
+};
 use tflock_embedded::{EmbeddedBackend, EmbeddedConfig};
 
 const TASKS: usize = 32;
@@ -33,7 +35,10 @@ async fn concurrent_tasks_never_overlap_and_tokens_increase() {
         ..LockSettings::default()
     };
     let backend = EmbeddedBackend::open(
-        EmbeddedConfig { path: dir.path().join("locks.redb"), settings },
+        EmbeddedConfig {
+            path: dir.path().join("locks.redb"),
+            settings,
+        },
         Arc::new(SystemClock),
     )
     .await
@@ -46,13 +51,19 @@ async fn concurrent_tasks_never_overlap_and_tokens_increase() {
 
     let mut tasks = Vec::new();
     for t in 0..TASKS {
-        let (backend, resources, record, next_cycle) = (backend.clone(), resources.clone(), record.clone(), next_cycle.clone());
+        let (backend, resources, record, next_cycle) = (
+            backend.clone(),
+            resources.clone(),
+            record.clone(),
+            next_cycle.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
             while next_cycle.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < CYCLES {
                 let r = rng.random_range(0..RESOURCES);
                 let priority = Priority::from_rank(rng.random_range(0..4));
-                let mut req = LockRequest::new(resources[r].clone(), format!("task-{t}")).with_priority(priority);
+                let mut req = LockRequest::new(resources[r].clone(), format!("task-{t}"))
+                    .with_priority(priority);
                 // Mostly waits (some short enough to time out), some plain tries.
                 match rng.random_range(0..10) {
                     0 => {}
@@ -74,7 +85,9 @@ async fn concurrent_tasks_never_overlap_and_tokens_increase() {
                 {
                     let mut rec = record.lock().unwrap();
                     if let Some(other) = rec.holder.insert(r, token) {
-                        panic!("resource {r}: token {token} granted while token {other} still held");
+                        panic!(
+                            "resource {r}: token {token} granted while token {other} still held"
+                        );
                     }
                     let last = rec.last_token.entry(r).or_insert(0);
                     assert!(token > *last, "resource {r}: token {token} after {last}");
@@ -87,24 +100,35 @@ async fn concurrent_tasks_never_overlap_and_tokens_increase() {
                 // Clear the record before unlocking: the unlock hands the lock on in
                 // the same step, and the next holder may record itself at once.
                 record.lock().unwrap().holder.remove(&r);
-                backend.unlock(&resources[r], lock.lease_id.as_ref().unwrap()).await.expect("unlock by holder");
+                backend
+                    .unlock(&resources[r], lock.lease_id.as_ref().unwrap())
+                    .await
+                    .expect("unlock by holder");
             }
         }));
     }
     for t in tasks {
         t.await.expect("task panicked");
     }
-    let rec = record.lock().unwrap();
-    assert_eq!(rec.granted + rec.timed_out + rec.held_answers, CYCLES);
-    assert!(rec.granted > CYCLES / 2, "only {} of {CYCLES} cycles were granted", rec.granted);
+    let (granted, timed_out, held_answers) = {
+        let rec = record.lock().unwrap();
+        (rec.granted, rec.timed_out, rec.held_answers)
+    };
+    assert_eq!(granted + rec.timed_out + rec.held_answers, CYCLES);
+    assert!(
+        rec.granted > CYCLES / 2,
+        "only {} of {CYCLES} cycles were granted",
+        rec.granted
+    );
     for r in &resources {
         let q = backend.get_queue_status(r).await.unwrap();
-        assert!(q.entries.is_empty(), "queue left behind on {r}: {:?}", q.entries);
+        assert!(
+            q.entries.is_empty(),
+            "queue left behind on {r}: {:?}",
+            q.entries
+        );
         assert!(q.lock.is_none(), "lock left behind on {r}");
     }
-    eprintln!(
-        "granted {} timed out {} held {}",
-        rec.granted, rec.timed_out, rec.held_answers
-    );
+    eprintln!("granted {granted} timed out {timed_out} held {held_answers}");
     backend.close().await;
 }

@@ -24,12 +24,21 @@ impl Harness for EmbeddedHarness {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("locks.redb");
         let backend = EmbeddedBackend::open(
-            EmbeddedConfig { path: path.clone(), settings: settings.clone() },
+            EmbeddedConfig {
+                path: path.clone(),
+                settings: settings.clone(),
+            },
             Arc::new(clock.clone()),
         )
         .await
         .expect("open store");
-        Box::new(EmbeddedStore { _dir: dir, path, settings, clock, backend })
+        Box::new(EmbeddedStore {
+            _dir: dir,
+            path,
+            settings,
+            clock,
+            backend,
+        })
     }
 }
 
@@ -42,7 +51,10 @@ impl Store for EmbeddedStore {
     async fn reopen(&mut self) {
         self.backend.close().await;
         self.backend = EmbeddedBackend::open(
-            EmbeddedConfig { path: self.path.clone(), settings: self.settings.clone() },
+            EmbeddedConfig {
+                path: self.path.clone(),
+                settings: self.settings.clone(),
+            },
             Arc::new(self.clock.clone()),
         )
         .await

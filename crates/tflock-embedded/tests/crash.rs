@@ -18,17 +18,31 @@ use tflock_embedded::{EmbeddedBackend, EmbeddedConfig};
 const KILLS: usize = 20;
 
 fn settings() -> LockSettings {
-    LockSettings { default_ttl: Duration::from_secs(24 * 3600), ..LockSettings::default() }
+    LockSettings {
+        default_ttl: Duration::from_secs(24 * 3600),
+        ..LockSettings::default()
+    }
 }
 
 /// The child: grants forever, printing `ACK <kind> <n> <token>` after each answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
-    let Ok(path) = std::env::var("TFLOCK_CRASH_CHILD") else { return };
-    let start: u64 = std::env::var("TFLOCK_CRASH_START").unwrap().parse().unwrap();
-    let backend = EmbeddedBackend::open(EmbeddedConfig { path: path.into(), settings: settings() }, Arc::new(SystemClock))
-        .await
-        .expect("child opens the store");
+    let Ok(path) = std::env::var("TFLOCK_CRASH_CHILD") else {
+        return;
+    };
+    let start: u64 = std::env::var("TFLOCK_CRASH_START")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let backend = EmbeddedBackend::open(
+        EmbeddedConfig {
+            path: path.into(),
+            settings: settings(),
+        },
+        Arc::new(SystemClock),
+    )
+    .await
+    .expect("child opens the store");
     println!("READY");
     let hot = Resource::new("org/hot", ".", "default", "").unwrap();
     let mut tasks = Vec::new();
@@ -42,13 +56,25 @@ async fn crash_child() {
                 n += 1;
                 // A grant that is never released: it must survive every crash.
                 let r = Resource::new("org/kept", format!("s{n}"), "default", "").unwrap();
-                let resp = backend.try_lock(LockRequest::new(r, "child")).await.unwrap();
+                let resp = backend
+                    .try_lock(LockRequest::new(r, "child"))
+                    .await
+                    .unwrap();
                 println!("ACK kept {n} {}", resp.lock.unwrap().fencing_token.0);
                 // A grant and release on one hot resource: its token must only go up.
-                let resp = backend.try_lock(LockRequest::new(hot.clone(), format!("child{stream}")).with_wait(Duration::from_secs(60))).await.unwrap();
+                let resp = backend
+                    .try_lock(
+                        LockRequest::new(hot.clone(), format!("child{stream}"))
+                            .with_wait(Duration::from_secs(60)),
+                    )
+                    .await
+                    .unwrap();
                 let lock = resp.lock.unwrap();
                 println!("ACK hot {n} {}", lock.fencing_token.0);
-                backend.unlock(&hot, lock.lease_id.as_ref().unwrap()).await.unwrap();
+                backend
+                    .unlock(&hot, lock.lease_id.as_ref().unwrap())
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -70,9 +96,18 @@ async fn acknowledged_grants_survive_sigkill_20_times() {
     let mut rng = rand::rng();
     for round in 0..KILLS {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env("TFLOCK_CRASH_CHILD", &path)
-            .env("TFLOCK_CRASH_START", ((round as u64 + 1) * 10_000_000).to_string())
+            .env(
+                "TFLOCK_CRASH_START",
+                ((round as u64 + 1) * 10_000_000).to_string(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -101,8 +136,14 @@ async fn acknowledged_grants_survive_sigkill_20_times() {
         });
         let lines = reader.join().unwrap();
         let status = child.wait().unwrap();
-        assert!(lines.iter().any(|l| l.ends_with("READY")), "round {round}: child never opened the store");
-        assert!(!status.success(), "round {round}: the child ended by itself");
+        assert!(
+            lines.iter().any(|l| l.ends_with("READY")),
+            "round {round}: child never opened the store"
+        );
+        assert!(
+            !status.success(),
+            "round {round}: the child ended by itself"
+        );
         let mut acked = 0;
         for line in lines.iter().filter(|l| l.starts_with("ACK ")) {
             let parts: Vec<&str> = line.split(' ').collect();
@@ -120,14 +161,24 @@ async fn acknowledged_grants_survive_sigkill_20_times() {
             acked += 1;
         }
         // Reopen in this process: the file opens cleanly and holds every acknowledged grant.
-        let backend = EmbeddedBackend::open(EmbeddedConfig { path: path.clone(), settings: settings() }, Arc::new(SystemClock))
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: the store does not reopen after SIGKILL: {e}"));
+        let backend = EmbeddedBackend::open(
+            EmbeddedConfig {
+                path: path.clone(),
+                settings: settings(),
+            },
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: the store does not reopen after SIGKILL: {e}"));
         for (n, token) in &kept {
             let r = Resource::new("org/kept", format!("s{n}"), "default", "").unwrap();
             let lock = backend.get_lock(&r).await.unwrap();
-            let lock = lock.unwrap_or_else(|| panic!("round {round}: acknowledged grant s{n} is gone"));
-            assert_eq!(lock.fencing_token.0, *token, "round {round}: s{n} token changed");
+            let lock =
+                lock.unwrap_or_else(|| panic!("round {round}: acknowledged grant s{n} is gone"));
+            assert_eq!(
+                lock.fencing_token.0, *token,
+                "round {round}: s{n} token changed"
+            );
         }
         let hot = Resource::new("org/hot", ".", "default", "").unwrap();
         // The hot lock may be held by a grant the child made but never acknowledged; a
@@ -136,13 +187,35 @@ async fn acknowledged_grants_survive_sigkill_20_times() {
             assert!(l.fencing_token.0 > 0);
             backend.force_unlock(&hot).await.unwrap();
         }
-        let resp = backend.try_lock(LockRequest::new(hot.clone(), "verifier")).await.unwrap();
+        let resp = backend
+            .try_lock(LockRequest::new(hot.clone(), "verifier"))
+            .await
+            .unwrap();
         let t = resp.lock.unwrap().fencing_token.0;
-        assert!(t > hot_max, "round {round}: token {t} after acknowledged {hot_max}");
+        assert!(
+            t > hot_max,
+            "round {round}: token {t} after acknowledged {hot_max}"
+        );
         hot_max = t;
-        backend.unlock(&hot, &backend.try_lock(LockRequest::new(hot.clone(), "verifier")).await.unwrap().lock.unwrap().lease_id.unwrap()).await.unwrap();
+        backend
+            .unlock(
+                &hot,
+                &backend
+                    .try_lock(LockRequest::new(hot.clone(), "verifier"))
+                    .await
+                    .unwrap()
+                    .lock
+                    .unwrap()
+                    .lease_id
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
         backend.close().await;
-        eprintln!("round {round}: killed after {acked} acknowledgements; {} kept grants verified", kept.len());
+        eprintln!(
+            "round {round}: killed after {acked} acknowledgements; {} kept grants verified",
+            kept.len()
+        );
     }
     assert!(!kept.is_empty());
 }
