@@ -78,9 +78,8 @@ async fn crash_child() {
             }
         }));
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    // The streams run until the parent kills this process.
+    futures::future::join_all(tasks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
