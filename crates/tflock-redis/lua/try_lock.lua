@@ -1,0 +1,138 @@
+-- try_lock.lua: TryLock's decision, atomically (contract TryLock rules 1 to 7).
+--
+-- KEYS[1]   bucket prefix (see prelude)
+-- ARGV[1-5] common (see prelude)
+-- ARGV[6]   storage key
+-- ARGV[7]   owner string
+-- ARGV[8]   username or ''
+-- ARGV[9]   pull number or ''
+-- ARGV[10]  owner metadata JSON (tflock_core::Owner)
+-- ARGV[11]  priority rank 0..3
+-- ARGV[12]  lease ttl µs
+-- ARGV[13]  mode: 'n' no wait, 'w' wait, 'r' reserve
+-- ARGV[14]  µs: the wait ('w') or the reservation's lifetime ('r')
+-- ARGV[15]  request id or ''
+-- ARGV[16]  max_queue_size
+-- ARGV[17]  request_id_retention µs
+-- ARGV[18]  '1' when the priority queue is enabled
+-- ARGV[19]  '1' when retries are enabled
+-- ARGV[20]  µs after a waiter's deadline at which the sweeper drops its entry
+-- ARGV[21]  'a' remember every answer, 'g' only grants (retry-loop attempts)
+-- ARGV[22]  the entry id to use if the request is queued: the bucket's two hex
+--           digits and 30 random ones, chosen by the client so that its waiter's
+--           drop guard knows the id even before this reply arrives
+--
+-- Reply (JSON): r = 'ans' (a = the answer, fresh = true for a new grant), 'replay'
+-- (a = the stored answer, cur = the current lock with lease), 'wait' (id, dl),
+-- 'full', 'retry' or 'refused'; plus ev/ho/now (see prelude's reply()).
+
+local sk = ARGV[6]
+local who = { owner = ARGV[7], user = ARGV[8], pull = ARGV[9], meta = ARGV[10], prio = ARGV[11] }
+local ttl = tonumber(ARGV[12])
+local mode = ARGV[13]
+local span = tonumber(ARGV[14])
+local rid = ARGV[15]
+local max_queue = tonumber(ARGV[16])
+local retention = tonumber(ARGV[17])
+local queue_enabled = ARGV[18] == '1'
+local retries_enabled = ARGV[19] == '1'
+local grace = tonumber(ARGV[20])
+local remember_all = ARGV[21] == 'a'
+
+local function answer(a, fresh)
+  if remember_all or a.acq then remember(who.owner, rid, retention, a) end
+  return reply({ r = 'ans', a = a, fresh = fresh })
+end
+
+local cur = settle(sk)
+
+-- A retry of an answered request gets the same answer; one whose grant is still in
+-- its claim window takes the grant over.
+if rid ~= '' then
+  local stored = redis.call('HGET', K_ANS, who.owner .. SEP .. rid)
+  if stored then
+    local c = cur and lock_view(sk, cur, true) or nil
+    return reply({ r = 'replay', a = cjson.decode(stored), cur = c })
+  end
+  if cur and cur.rid == rid and cur.owner == who.owner and cur.entry ~= '' then
+    if cur.claim == '1' then
+      cur.claim = '0'
+      cur.expires = fmt(NOW + tonumber(cur.ttl))
+    end
+    redis.call('HSET', k_lock(sk), 'claim', '0', 'expires', cur.expires, 'entry', '')
+    redis.call('ZADD', K_DUE, cur.expires, sk)
+    redis.call('DEL', k_wake(cur.entry))
+    cur.entry = ''
+    return answer({ acq = true, lock = lock_view(sk, cur, true) }, false)
+  end
+end
+
+if not cur then
+  local l = grant(sk, who, ttl, ttl, nil, rid ~= '' and rid or nil)
+  return answer({ acq = true, lock = lock_view(sk, l, true) }, true)
+end
+
+if cur.owner == who.owner then
+  -- Re-lock by the holder (Atlantis re-plans): same lease and token, expiry pushed
+  -- out to max(current, now + ttl), an unconfirmed claim confirmed.
+  local expires = math.max(tonumber(cur.expires), NOW + ttl)
+  if cur.claim == '1' then
+    expires = math.max(expires, NOW + tonumber(cur.ttl))
+  end
+  cur.expires = fmt(expires)
+  cur.claim = '0'
+  cur.ttl = fmt(math.max(tonumber(cur.ttl), ttl))
+  if cur.entry ~= '' then redis.call('DEL', k_wake(cur.entry)) end
+  cur.entry = ''
+  redis.call('HSET', k_lock(sk), 'expires', cur.expires, 'claim', '0', 'ttl', cur.ttl, 'entry', '')
+  redis.call('ZADD', K_DUE, cur.expires, sk)
+  return answer({ acq = true, lock = lock_view(sk, cur, true) }, false)
+end
+
+local public = lock_view(sk, cur, false)
+if mode == 'n' then
+  return answer({ acq = false, lock = public, reason = 'held' }, false)
+end
+if not queue_enabled then
+  if mode == 'w' and retries_enabled then return reply({ r = 'retry' }) end
+  return reply({ r = 'refused' })
+end
+
+if mode == 'r' then
+  -- One reservation per owner and resource: reserving again answers with the place
+  -- already held.
+  for _, e in ipairs(all_entries(sk)) do
+    if e.kind == 'r' and e.owner == who.owner then
+      return reply({ r = 'ans', fresh = false, a = {
+        acq = false, lock = public, reason = 'held', q = { id = e.id, pos = position(sk, e.id) },
+      } })
+    end
+  end
+end
+
+if redis.call('HLEN', k_entries(sk)) >= max_queue then
+  return reply({ r = 'full' })
+end
+
+local id = ARGV[22]
+local kind = mode == 'r' and 'r' or 'w'
+local dl = NOW + span
+local e = {
+  id = id, kind = kind, prio = who.prio, enq = fmt(NOW), dl = fmt(dl), ttl = fmt(ttl),
+  rid = rid, owner = who.owner, user = who.user, pull = who.pull, meta = who.meta,
+}
+redis.call('HSET', k_entries(sk), id, cjson.encode(e))
+redis.call('ZADD', k_lane(who.prio, sk), e.enq, id)
+redis.call('HSET', K_EIDX, id, sk)
+-- The sweeper drops a reservation at its deadline; a waiter's own call handles its
+-- deadline, so the sweeper only drops the entry of a waiter whose server died.
+redis.call('ZADD', K_EDL, kind == 'r' and e.dl or fmt(dl + grace), id)
+redis.call('ZADD', K_IDX, 0, sk)
+emit('queue.entered', sk, who.owner, nil, id)
+
+if kind == 'r' then
+  return answer({
+    acq = false, lock = public, reason = 'held', q = { id = id, pos = position(sk, id) },
+  }, false)
+end
+return reply({ r = 'wait', id = id, dl = e.dl })

@@ -1,0 +1,743 @@
+//! Connections: which node to talk to (standalone, Sentinel's current primary, or
+//! Cluster), keeping one multiplexed connection for scripts, reconnecting after
+//! failures, the pool of dedicated connections for blocked waiters (BLPOP), script
+//! calls (EVALSHA, EVAL on `NOSCRIPT`) and `WAIT`.
+//!
+//! Every network call is bounded: connecting by the connect timeout, each reply by
+//! `read_timeout`. A failure that may mean a dead or demoted node (I/O error,
+//! timeout, `READONLY`, `MASTERDOWN`, `LOADING`) drops the connection, so the next
+//! call connects again; in Sentinel mode that first asks the sentinels where the
+//! primary is now. Only connection attempts are retried (`max_retries` with
+//! back-off): a request that may have reached Redis is never sent twice.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind,
+    IntoConnectionInfo, RedisConnectionInfo, RedisError, ServerErrorKind, TlsCertificates, Value,
+};
+use tflock_core::BackendError;
+use tokio::time::timeout;
+
+use crate::config::{AuthMethod, ConnectError, RedisConfig, parse_address};
+use crate::scripts::Script;
+
+/// How long one BLPOP blocks before the waiter re-checks its entry (the slow
+/// fallback of the contract).
+pub const BLOCK: Duration = Duration::from_secs(1);
+
+/// A connection scripts can run on.
+#[derive(Clone)]
+pub enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
+/// The current script connection and the generation it belongs to (bumped at every
+/// reconnect, so a stale connection is never put back into use).
+#[derive(Clone)]
+struct Current {
+    generation: u64,
+    /// The node's client (standalone and Sentinel), for the waiters' connections.
+    client: Option<Client>,
+    conn: Conn,
+}
+
+/// Where the primary is.
+enum Target {
+    /// Fixed addresses, tried in order.
+    Fixed(Vec<(String, u16)>),
+    /// Ask these sentinels for `master`.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master: String,
+    },
+    /// A Redis Cluster from these seeds.
+    Cluster {
+        client: Box<ClusterClient>,
+        blocking: Box<ClusterClient>,
+    },
+}
+
+/// A connection of the waiters' pool.
+struct Blocking {
+    generation: u64,
+    conn: Conn,
+}
+
+/// Talks to Redis. Shared by every operation of one backend.
+pub struct Connector {
+    target: Target,
+    redis: RedisConnectionInfo,
+    tls: Option<TlsCertificates>,
+    config: AsyncConnectionConfig,
+    blocking_config: AsyncConnectionConfig,
+    read_timeout: Duration,
+    connect_timeout: Duration,
+    pool_timeout: Duration,
+    max_retries: u32,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    pool_size: usize,
+    current: Mutex<Option<Current>>,
+    reconnect: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    pool: Mutex<Vec<Blocking>>,
+}
+
+/// A failed call: why, and whether Redis said something we must act on.
+#[derive(Debug)]
+pub enum CallError {
+    /// Redis answered `NOSCRIPT`: load the script and call again.
+    NoScript,
+    Backend(BackendError),
+}
+
+impl From<CallError> for BackendError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::NoScript => BackendError::Internal("script missing after EVAL".into()),
+            CallError::Backend(b) => b,
+        }
+    }
+}
+
+/// Whether an error may mean the node is gone, hung or no longer the primary.
+fn needs_reconnect(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::TryAgain
+            ) | ErrorKind::ClusterConnectionNotFound
+        )
+}
+
+/// Translates a Redis error: a script that broke is an internal error, everything
+/// else (unreachable, refused, read-only, out of memory, no permission) means the
+/// store cannot be used now.
+fn classify(e: RedisError) -> CallError {
+    if matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) {
+        return CallError::NoScript;
+    }
+    let msg = e.to_string();
+    let script_error = matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ResponseError))
+        && (msg.contains("user_script") || msg.contains("Error running script"));
+    if script_error {
+        CallError::Backend(BackendError::Internal(format!("redis: {msg}")))
+    } else {
+        CallError::Backend(BackendError::Unavailable(format!("redis: {msg}")))
+    }
+}
+
+fn unavailable(msg: impl Into<String>) -> CallError {
+    CallError::Backend(BackendError::Unavailable(msg.into()))
+}
+
+impl Connector {
+    /// Builds the connector from the (validated) configuration; reads TLS files.
+    /// Connects nothing yet.
+    pub fn new(cfg: &RedisConfig) -> Result<Connector, ConnectError> {
+        let tls = if cfg.tls_enabled {
+            Some(load_tls(cfg)?)
+        } else {
+            None
+        };
+        let mut redis = RedisConnectionInfo::default().set_db(cfg.db);
+        if let Some(p) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
+            redis = redis.set_password(p);
+        }
+        if cfg.auth_method == AuthMethod::Acl
+            && let Some(u) = &cfg.username
+        {
+            redis = redis.set_username(u);
+        }
+        let connect_timeout = cfg.connect_timeout();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(cfg.read_timeout));
+        let blocking_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(BLOCK + cfg.read_timeout));
+        let target = if cfg.cluster_mode {
+            let nodes = cfg
+                .addresses
+                .iter()
+                .map(|a| parse_address(a).map_err(|m| ConnectError::new("redis.addresses", m)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let build = |response: Duration| {
+                let infos = nodes
+                    .iter()
+                    .map(|(h, p)| {
+                        let addr = if tls.is_some() {
+                            ConnectionAddr::TcpTls {
+                                host: h.clone(),
+                                port: *p,
+                                insecure: false,
+                                tls_params: None,
+                            }
+                        } else {
+                            ConnectionAddr::Tcp(h.clone(), *p)
+                        };
+                        addr.into_connection_info()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ConnectError::new("redis.addresses", e.to_string()))?;
+                let mut b = ClusterClient::builder(infos)
+                    .connection_timeout(connect_timeout)
+                    .response_timeout(response)
+                    .overall_response_timeout(Some(response))
+                    .retries(cfg.max_retries)
+                    .min_retry_wait(cfg.min_retry_backoff.as_millis() as u64)
+                    .max_retry_wait(cfg.max_retry_backoff.as_millis() as u64);
+                if let Some(p) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
+                    b = b.password(p);
+                }
+                if cfg.auth_method == AuthMethod::Acl
+                    && let Some(u) = &cfg.username
+                {
+                    b = b.username(u);
+                }
+                if let Some(certs) = &tls {
+                    b = b.tls(redis::TlsMode::Secure).certs(certs.clone());
+                }
+                b.build()
+                    .map_err(|e| ConnectError::new("redis.addresses", e.to_string()))
+            };
+            Target::Cluster {
+                client: Box::new(build(cfg.read_timeout)?),
+                blocking: Box::new(build(BLOCK + cfg.read_timeout)?),
+            }
+        } else if cfg.sentinel.enabled() {
+            Target::Sentinel {
+                sentinels: cfg
+                    .sentinel
+                    .addresses
+                    .iter()
+                    .map(|a| {
+                        parse_address(a)
+                            .map_err(|m| ConnectError::new("redis.sentinel.addresses", m))
+                    })
+                    .collect::<Result<_, _>>()?,
+                master: cfg.sentinel.master_name.clone().unwrap_or_default(),
+            }
+        } else {
+            Target::Fixed(
+                cfg.addresses
+                    .iter()
+                    .map(|a| parse_address(a).map_err(|m| ConnectError::new("redis.addresses", m)))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        Ok(Connector {
+            target,
+            redis,
+            tls,
+            config,
+            blocking_config,
+            read_timeout: cfg.read_timeout,
+            connect_timeout,
+            pool_timeout: cfg.pool_timeout.max(connect_timeout),
+            max_retries: cfg.max_retries,
+            min_backoff: cfg.min_retry_backoff,
+            max_backoff: cfg.max_retry_backoff,
+            pool_size: cfg.pool_size,
+            current: Mutex::new(None),
+            reconnect: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(1),
+            pool: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// `standalone`, `sentinel` or `cluster`.
+    pub fn mode(&self) -> &'static str {
+        match self.target {
+            Target::Fixed(_) => "standalone",
+            Target::Sentinel { .. } => "sentinel",
+            Target::Cluster { .. } => "cluster",
+        }
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
+    /// A client for one node.
+    fn node_client(&self, host: &str, port: u16) -> redis::RedisResult<Client> {
+        let addr = if self.tls.is_some() {
+            ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_string(), port)
+        };
+        let info = addr
+            .into_connection_info()?
+            .set_redis_settings(self.redis.clone());
+        match &self.tls {
+            Some(certs) => Client::build_with_tls(info, certs.clone()),
+            None => Client::open(info),
+        }
+    }
+
+    async fn connect_node(
+        &self,
+        client: &Client,
+        config: &AsyncConnectionConfig,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        match timeout(
+            self.connect_timeout,
+            client.get_multiplexed_async_connection_with_config(config),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no connection to {} within {:?}",
+                    client.get_connection_info().addr(),
+                    self.connect_timeout
+                ),
+            ))),
+        }
+    }
+
+    /// Asks the sentinels where the primary is and connects to it; a node that does
+    /// not say it is the primary (`ROLE`) is not used.
+    async fn resolve_sentinel(
+        &self,
+        sentinels: &[(String, u16)],
+        master: &str,
+    ) -> redis::RedisResult<(Client, MultiplexedConnection)> {
+        let mut problems = Vec::new();
+        for (host, port) in sentinels {
+            let sentinel = match Client::open(ConnectionAddr::Tcp(host.clone(), *port)) {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(format!("sentinel {host}:{port}: {e}"));
+                    continue;
+                }
+            };
+            let mut sc = match self.connect_node(&sentinel, &self.config).await {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(format!("sentinel {host}:{port}: {e}"));
+                    continue;
+                }
+            };
+            let addr: Option<(String, u16)> = match timeout(
+                self.read_timeout,
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(master)
+                    .query_async(&mut sc),
+            )
+            .await
+            {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    problems.push(format!("sentinel {host}:{port}: {e}"));
+                    continue;
+                }
+                Err(_) => {
+                    problems.push(format!("sentinel {host}:{port}: no reply"));
+                    continue;
+                }
+            };
+            let Some((mh, mp)) = addr else {
+                problems.push(format!(
+                    "sentinel {host}:{port} knows no master named '{master}'"
+                ));
+                continue;
+            };
+            let client = self.node_client(&mh, mp)?;
+            let mut conn = match self.connect_node(&client, &self.config).await {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(format!(
+                        "primary {mh}:{mp} (from sentinel {host}:{port}): {e}"
+                    ));
+                    continue;
+                }
+            };
+            let role: Vec<Value> =
+                match timeout(self.read_timeout, redis::cmd("ROLE").query_async(&mut conn)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        problems.push(format!("primary {mh}:{mp}: no reply to ROLE"));
+                        continue;
+                    }
+                };
+            let is_master = matches!(role.first(), Some(Value::BulkString(b)) if b == b"master")
+                || matches!(role.first(), Some(Value::SimpleString(s)) if s == "master");
+            if is_master {
+                return Ok((client, conn));
+            }
+            problems.push(format!("{mh}:{mp} is not (or no longer) the primary"));
+        }
+        Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!("no primary for '{master}': {}", problems.join("; ")),
+        )))
+    }
+
+    /// One attempt to open the script connection.
+    async fn open_once(&self) -> redis::RedisResult<(Option<Client>, Conn)> {
+        match &self.target {
+            Target::Fixed(addrs) => {
+                let mut last = None;
+                for (h, p) in addrs {
+                    let client = self.node_client(h, *p)?;
+                    match self.connect_node(&client, &self.config).await {
+                        Ok(c) => return Ok((Some(client), Conn::Single(c))),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    RedisError::from((ErrorKind::InvalidClientConfig, "no address"))
+                }))
+            }
+            Target::Sentinel { sentinels, master } => {
+                let (client, conn) = self.resolve_sentinel(sentinels, master).await?;
+                Ok((Some(client), Conn::Single(conn)))
+            }
+            Target::Cluster { client, .. } => {
+                match timeout(
+                    self.connect_timeout + self.read_timeout,
+                    client.get_async_connection(),
+                )
+                .await
+                {
+                    Ok(r) => Ok((None, Conn::Cluster(r?))),
+                    Err(_) => Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no cluster connection in time",
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Opens the script connection, retrying refused attempts with back-off.
+    async fn open(&self) -> redis::RedisResult<(Option<Client>, Conn)> {
+        let mut backoff = self.min_backoff;
+        let mut attempt = 0;
+        loop {
+            match self.open_once().await {
+                Ok(c) => return Ok(c),
+                Err(e) if attempt < self.max_retries && e.is_connection_refusal() => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The script connection, connecting when there is none.
+    async fn get(&self) -> redis::RedisResult<Current> {
+        if let Some(c) = self.lock_current().clone() {
+            return Ok(c);
+        }
+        // One reconnect at a time; the others then use its connection.
+        let _one = self.reconnect.lock().await;
+        if let Some(c) = self.lock_current().clone() {
+            return Ok(c);
+        }
+        let (client, conn) = self.open().await?;
+        let cur = Current {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            client,
+            conn,
+        };
+        *self.lock_current() = Some(cur.clone());
+        Ok(cur)
+    }
+
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn invalidate(&self, generation: u64) {
+        let mut cur = self.lock_current();
+        if cur.as_ref().is_some_and(|c| c.generation == generation) {
+            *cur = None;
+        }
+    }
+
+    /// Connects now (start-up), for a clear error if Redis cannot be used.
+    pub async fn connect_now(&self) -> redis::RedisResult<()> {
+        let mut cur = self.get().await?;
+        match timeout(
+            self.read_timeout,
+            cur.conn.query::<Value>(&redis::cmd("PING")),
+        )
+        .await
+        {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no reply to PING within read_timeout",
+            ))),
+        }
+    }
+
+    /// Sends one command on the script connection; returns the reply and the
+    /// connection's generation.
+    pub async fn call<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<(T, u64), CallError> {
+        let mut cur = match timeout(
+            self.connect_timeout * (self.max_retries + 1) + self.read_timeout,
+            self.get(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(classify(e)),
+            Err(_) => return Err(unavailable("redis: no connection in time")),
+        };
+        match timeout(self.read_timeout, cur.conn.query::<T>(cmd)).await {
+            Ok(Ok(v)) => Ok((v, cur.generation)),
+            Ok(Err(e)) => {
+                if needs_reconnect(&e) {
+                    self.invalidate(cur.generation);
+                }
+                Err(classify(e))
+            }
+            Err(_) => {
+                self.invalidate(cur.generation);
+                Err(unavailable(format!(
+                    "redis: no reply within read_timeout ({:?})",
+                    self.read_timeout
+                )))
+            }
+        }
+    }
+
+    /// Runs a script on the bucket whose key prefix is `key` (EVALSHA; EVAL when the
+    /// node does not have it, which also caches it there). Returns the JSON reply and
+    /// the connection generation.
+    pub async fn eval(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<(String, u64), BackendError> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&script.sha).arg(1).arg(key).arg(args);
+        match self.call::<String>(&cmd).await {
+            Ok(r) => Ok(r),
+            Err(CallError::NoScript) => {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(script.source).arg(1).arg(key).arg(args);
+                self.call::<String>(&cmd).await.map_err(|e| match e {
+                    CallError::Backend(BackendError::Internal(m)) => {
+                        BackendError::Internal(format!("{}: {m}", script.name))
+                    }
+                    e => e.into(),
+                })
+            }
+            Err(CallError::Backend(BackendError::Internal(m))) => {
+                Err(BackendError::Internal(format!("{}: {m}", script.name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `WAIT n` on the connection (generation) the grant was written on, for the
+    /// bucket whose key prefix is `key`. Returns how many replicas acknowledged.
+    pub async fn wait_replicas(
+        &self,
+        generation: u64,
+        key: &str,
+        replicas: u32,
+        wait: Duration,
+    ) -> Result<u64, BackendError> {
+        let mut cur = match self.lock_current().clone() {
+            Some(c) if c.generation == generation => c,
+            // A new connection has written nothing: its WAIT would confirm nothing.
+            _ => {
+                return Err(BackendError::Unavailable(
+                    "redis: the connection of the grant was lost before WAIT".into(),
+                ));
+            }
+        };
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(wait.as_millis() as u64);
+        let reply = match &mut cur.conn {
+            Conn::Single(c) => timeout(self.read_timeout + wait, cmd.query_async::<u64>(c)).await,
+            Conn::Cluster(c) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key, SlotAddr::Master),
+                ));
+                timeout(self.read_timeout + wait, async {
+                    let v = c.route_command(cmd, route).await?;
+                    redis::from_redis_value::<u64>(v).map_err(RedisError::from)
+                })
+                .await
+            }
+        };
+        match reply {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => {
+                if needs_reconnect(&e) {
+                    self.invalidate(generation);
+                }
+                Err(BackendError::Unavailable(format!(
+                    "redis: WAIT failed: {e}"
+                )))
+            }
+            Err(_) => {
+                self.invalidate(generation);
+                Err(BackendError::Unavailable("redis: no reply to WAIT".into()))
+            }
+        }
+    }
+
+    /// A connection of the waiters' pool (a blocking command would stall the shared
+    /// multiplexed connection), opening one when none is idle.
+    async fn take_blocking(&self) -> Result<Blocking, BackendError> {
+        let cur = self
+            .get()
+            .await
+            .map_err(|e| BackendError::from(classify(e)))?;
+        {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(b) = pool.pop() {
+                if b.generation == cur.generation {
+                    return Ok(b);
+                }
+            }
+        }
+        let conn = match (&self.target, &cur.client) {
+            (Target::Cluster { blocking, .. }, _) => {
+                match timeout(self.pool_timeout, blocking.get_async_connection()).await {
+                    Ok(Ok(c)) => Conn::Cluster(c),
+                    Ok(Err(e)) => return Err(classify(e).into()),
+                    Err(_) => {
+                        return Err(BackendError::Unavailable(
+                            "redis: no connection for a waiter within pool_timeout".into(),
+                        ));
+                    }
+                }
+            }
+            (_, Some(client)) => Conn::Single(
+                self.connect_node(client, &self.blocking_config)
+                    .await
+                    .map_err(|e| BackendError::from(classify(e)))?,
+            ),
+            (_, None) => return Err(BackendError::Internal("no node client".into())),
+        };
+        Ok(Blocking {
+            generation: cur.generation,
+            conn,
+        })
+    }
+
+    /// Blocks up to [`BLOCK`] on the list `key`; `Some(item)` when one was pushed.
+    /// Dropping the future drops its connection (the reply would still come).
+    pub async fn blpop(&self, key: &str) -> Result<Option<String>, BackendError> {
+        let mut b = self.take_blocking().await?;
+        let mut cmd = redis::cmd("BLPOP");
+        cmd.arg(key).arg(BLOCK.as_secs_f64());
+        match timeout(
+            BLOCK + self.read_timeout,
+            b.conn.query::<Option<(String, String)>>(&cmd),
+        )
+        .await
+        {
+            Ok(Ok(v)) => {
+                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < self.pool_size {
+                    pool.push(b);
+                }
+                Ok(v.map(|(_, item)| item))
+            }
+            Ok(Err(e)) => {
+                if needs_reconnect(&e) {
+                    self.invalidate(b.generation);
+                }
+                Err(classify(e).into())
+            }
+            Err(_) => {
+                self.invalidate(b.generation);
+                Err(BackendError::Unavailable(
+                    "redis: BLPOP got no reply".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Reads the TLS files; a file that cannot be read or parsed names its setting.
+fn load_tls(cfg: &RedisConfig) -> Result<TlsCertificates, ConnectError> {
+    let read = |setting: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ConnectError::new(setting, format!("cannot read {}: {e}", path.display())))
+    };
+    let root_cert = match &cfg.tls_ca_file {
+        Some(p) => {
+            let pem = read("redis.tls_ca_file", p)?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConnectError::new(
+                    "redis.tls_ca_file",
+                    format!("{} holds no PEM certificate", p.display()),
+                ));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let client_tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(c), Some(k)) => Some(ClientTlsConfig {
+            client_cert: read("redis.tls_cert_file", c)?,
+            client_key: read("redis.tls_key_file", k)?,
+        }),
+        _ => None,
+    };
+    let certs = TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    // Parse now, so a bad file is reported as such and not as a connection failure.
+    Client::build_with_tls("rediss://127.0.0.1:6379", certs.clone()).map_err(|e| {
+        let m = e.to_string();
+        let setting = if m.contains("client certificate") {
+            "redis.tls_cert_file"
+        } else if m.contains("private key") {
+            "redis.tls_key_file"
+        } else {
+            "redis.tls_ca_file"
+        };
+        ConnectError::new(setting, m)
+    })?;
+    Ok(certs)
+}

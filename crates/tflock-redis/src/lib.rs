@@ -1,0 +1,1107 @@
+//! tflock's Redis backend: the locking contract on Redis standalone, Sentinel and
+//! Cluster, as designed in `docs/redis-design.md`.
+//!
+//! # Layout
+//!
+//! - `lua/*.lua`: every state change (and every read that needs the clock) is one
+//!   Lua script, so each operation is atomic on Redis. `prelude.lua` (time, keys,
+//!   grant order, settle, hand-off, grant, events) is prepended to each at build time.
+//! - [`scripts`]: the scripts and their SHA1s.
+//! - [`conn`]: connections (standalone, Sentinel, Cluster), reconnects, timeouts,
+//!   EVALSHA with `NOSCRIPT` recovery, the waiters' BLPOP pool and `WAIT`.
+//! - [`keys`]: the 64 buckets and their hash-tagged key prefixes.
+//! - [`reply`]: the scripts' JSON replies and their translation into core types.
+//! - [`config`]: [`RedisConfig`] and [`ConnectError`].
+//! - this file: [`RedisBackend`], the [`Backend`] implementation: validation, the
+//!   waiter's blocking call and its drop guard, the retry loop without a queue, the
+//!   sweeper task, event publishing, `min_replicas_ack`.
+//!
+//! # Time
+//!
+//! Expiry is decided inside the scripts on Redis's `TIME`. When the backend is given
+//! a clock other than [`tflock_core::SystemClock`] (the conformance suite's
+//! `ManualClock`), that clock is the time source instead: its instant is sent as the
+//! scripts' `now`, so tests move time without sleeping and see exact instants.
+
+pub mod config;
+pub mod conn;
+pub mod keys;
+pub mod reply;
+pub mod scripts;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use serde::de::DeserializeOwned;
+use tflock_core::{
+    Backend, BackendError, BackendHealth, BackendMetrics, CancelError, InvalidRequest, LeaseId,
+    Lock, LockEvent, LockFilter, LockPage, LockRequest, LockResponse, LockSettings,
+    NotAcquiredReason, Owner, PullUnlockResponse, QueryError, QueueEntryView, QueueStatus,
+    RefreshError, Resource, SharedClock, Timestamp, TransferAuth, TransferError, TryLockError,
+    UnlockError, UnlockResponse,
+};
+use tokio::sync::{Notify, broadcast, watch};
+
+pub use crate::config::{AuthMethod, ConnectError, RedisConfig, SentinelConfig};
+use crate::conn::Connector;
+use crate::keys::{BUCKETS, bucket_of, bucket_of_entry, bucket_prefixes};
+use crate::reply::{
+    CancelReply, ListReply, LockReply, PullReply, QueueReply, RawLock, Reply, StatsReply,
+    StatusReply, SweepReply, TryLockReply, UnlockReply, UserQueueReply, decode,
+};
+use crate::scripts::{Script, Scripts};
+
+/// The sweeper runs at least this often, so an expired lease with waiters is handed
+/// on within this long even when nobody touches it.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most items of each kind one sweep call handles per bucket (bounds script time).
+const SWEEP_LIMIT: &str = "500";
+/// Most index members one list call scans per bucket (bounds script time).
+const LIST_SCAN: &str = "2000";
+
+/// What the operations, the waiters' guards and the sweeper share.
+struct Inner {
+    conn: Connector,
+    scripts: Scripts,
+    buckets: Vec<String>,
+    settings: LockSettings,
+    clock: SharedClock,
+    /// True for the system clock: scripts then read Redis's `TIME`.
+    system_clock: bool,
+    claim_us: String,
+    starve_us: String,
+    max_boost: String,
+    retention_us: String,
+    max_queue: String,
+    /// How long after a waiter's deadline the sweeper drops an entry whose server
+    /// stopped looking after it.
+    waiter_grace_us: String,
+    events: broadcast::Sender<LockEvent>,
+    closed: watch::Sender<bool>,
+    handoffs: AtomicU64,
+    expiries: AtomicU64,
+    /// Wakes retry loops (queue disabled) when this backend released a lock.
+    released: Notify,
+    min_replicas_ack: u32,
+    wait_timeout: Duration,
+    description: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The Redis backend. Cheap to share behind an `Arc`.
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("mode", &self.inner.conn.mode())
+            .field("key_prefix", &self.inner.description.get("key_prefix"))
+            .finish()
+    }
+}
+
+fn us(d: Duration) -> String {
+    d.as_micros().to_string()
+}
+
+/// Names the setting behind a failed start-up connection.
+fn describe_connect_error(cfg: &RedisConfig, e: &redis::RedisError) -> ConnectError {
+    let msg = e.to_string();
+    let lower = msg.to_ascii_lowercase();
+    let setting = if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
+        || lower.contains("wrongpass")
+        || lower.contains("noauth")
+        || lower.contains("invalid password")
+        || lower.contains("invalid username-password")
+        || lower.contains("authentication")
+    {
+        "redis.password"
+    } else if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("tls")
+        || lower.contains("handshake")
+    {
+        "redis.tls_ca_file"
+    } else if lower.contains("noperm") {
+        "redis.username"
+    } else if cfg.sentinel.enabled() {
+        if lower.contains("knows no master named") {
+            "redis.sentinel.master_name"
+        } else {
+            "redis.sentinel.addresses"
+        }
+    } else {
+        "redis.addresses"
+    };
+    let what = match setting {
+        "redis.password" if cfg.auth_method == AuthMethod::Acl => {
+            "Redis refused the credentials (check redis.username and redis.password)"
+        }
+        "redis.password" => "Redis refused the password",
+        "redis.tls_ca_file" => {
+            "the TLS handshake failed (is the server's certificate signed by this CA?)"
+        }
+        "redis.username" => "the user lacks a permission tflock needs",
+        _ => "cannot reach Redis",
+    };
+    ConnectError::new(setting, format!("{what}: {msg}"))
+}
+
+impl RedisBackend {
+    /// Connects to Redis, checks that the scripts and keys are usable with these
+    /// credentials, and starts the expiry sweeper. Errors name the setting at fault.
+    pub async fn connect(
+        config: RedisConfig,
+        settings: LockSettings,
+        clock: SharedClock,
+    ) -> Result<Arc<RedisBackend>, ConnectError> {
+        settings
+            .validate()
+            .map_err(|e| ConnectError::new(e.field, e.message))?;
+        config.validate()?;
+        // redis-rs's rustls needs a process-wide crypto provider; another crate may
+        // have installed one already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let conn = Connector::new(&config)?;
+        conn.connect_now()
+            .await
+            .map_err(|e| describe_connect_error(&config, &e))?;
+
+        let system_clock = format!("{clock:?}").starts_with("SystemClock");
+        let mut description = serde_json::Map::new();
+        description.insert("mode".into(), conn.mode().into());
+        description.insert("key_prefix".into(), config.key_prefix.clone().into());
+        let addrs = if config.sentinel.enabled() {
+            &config.sentinel.addresses
+        } else {
+            &config.addresses
+        };
+        description.insert("addresses".into(), addrs.clone().into());
+        description.insert("tls".into(), config.tls_enabled.into());
+        description.insert("min_replicas_ack".into(), config.min_replicas_ack.into());
+        let (events, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            conn,
+            scripts: Scripts::load(),
+            buckets: bucket_prefixes(&config.key_prefix),
+            claim_us: us(settings.claim_timeout),
+            starve_us: us(settings.starvation_threshold),
+            max_boost: settings.max_priority_boost.to_string(),
+            retention_us: us(settings.request_id_retention),
+            max_queue: settings.max_queue_size.to_string(),
+            waiter_grace_us: us(settings.claim_timeout + Duration::from_secs(60)),
+            settings,
+            clock,
+            system_clock,
+            events,
+            closed: watch::channel(false).0,
+            handoffs: AtomicU64::new(0),
+            expiries: AtomicU64::new(0),
+            released: Notify::new(),
+            min_replicas_ack: config.min_replicas_ack,
+            wait_timeout: config.write_timeout.min(config.read_timeout),
+            description,
+        });
+        // A read on one bucket proves scripting and the key prefix are allowed to
+        // these credentials (an ACL user may be limited to some keys or commands).
+        if let Err(e) = inner
+            .run::<StatsReply>(&inner.scripts.stats, 0, &[], false)
+            .await
+        {
+            let m = e.to_string();
+            let setting = if m.contains("NOPERM") && m.contains("key") {
+                "redis.key_prefix"
+            } else if m.contains("NOPERM") {
+                "redis.username"
+            } else {
+                "redis.addresses"
+            };
+            return Err(ConnectError::new(
+                setting,
+                format!("Redis refused tflock's scripts: {m}"),
+            ));
+        }
+        tokio::spawn(sweeper(Arc::downgrade(&inner)));
+        Ok(Arc::new(RedisBackend { inner }))
+    }
+
+    /// `standalone`, `sentinel` or `cluster`.
+    pub fn mode(&self) -> &'static str {
+        self.inner.conn.mode()
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        // Stops the sweeper even without close().
+        self.inner.closed.send_replace(true);
+    }
+}
+
+/// A resolved TryLock mode.
+#[derive(Clone, Copy)]
+struct Mode {
+    code: &'static str,
+    span: Duration,
+}
+
+impl Inner {
+    fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    fn check_open(&self) -> Result<(), BackendError> {
+        if self.is_closed() {
+            Err(BackendError::Unavailable(
+                "the Redis backend is closed".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The scripts' `now`: empty (Redis's TIME) for the system clock, else the
+    /// injected clock's instant.
+    fn now_arg(&self) -> String {
+        if self.system_clock {
+            String::new()
+        } else {
+            self.clock.now().as_micros().to_string()
+        }
+    }
+
+    /// Runs `script` on bucket `bucket` with the common arguments in front of
+    /// `args`; publishes what it reports. Returns the reply and the connection
+    /// generation it ran on.
+    async fn run_gen<T: DeserializeOwned>(
+        &self,
+        script: &Script,
+        bucket: usize,
+        args: &[&str],
+        seeded: bool,
+    ) -> Result<(Reply<T>, u64), BackendError> {
+        let now = self.now_arg();
+        let seed = if seeded {
+            tflock_core::random_hex(16)
+        } else {
+            String::new()
+        };
+        let mut all: Vec<&str> = Vec::with_capacity(5 + args.len());
+        all.extend_from_slice(&[
+            &now,
+            &self.claim_us,
+            &self.starve_us,
+            &self.max_boost,
+            &seed,
+        ]);
+        all.extend_from_slice(args);
+        let (json, generation) = self.conn.eval(script, &self.buckets[bucket], &all).await?;
+        let mut reply: Reply<T> = decode(script.name, &json)?;
+        self.publish(&mut reply);
+        Ok((reply, generation))
+    }
+
+    async fn run<T: DeserializeOwned>(
+        &self,
+        script: &Script,
+        bucket: usize,
+        args: &[&str],
+        seeded: bool,
+    ) -> Result<Reply<T>, BackendError> {
+        Ok(self.run_gen(script, bucket, args, seeded).await?.0)
+    }
+
+    /// Runs a script on all 64 buckets at once (the connection pipelines them; on a
+    /// cluster they go to every primary).
+    async fn run_all<T: DeserializeOwned>(
+        &self,
+        script: &Script,
+        args: &[&str],
+        seeded: bool,
+    ) -> Result<Vec<Reply<T>>, BackendError> {
+        join_all((0..BUCKETS).map(|b| self.run::<T>(script, b, args, seeded)))
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    fn publish<T>(&self, reply: &mut Reply<T>) {
+        if reply.ho > 0 {
+            self.handoffs.fetch_add(reply.ho, Ordering::Relaxed);
+        }
+        let mut released = false;
+        for ev in reply.ev.drain(..) {
+            if ev.is_expiry() {
+                self.expiries.fetch_add(1, Ordering::Relaxed);
+            }
+            match ev.into_event() {
+                Ok(e) => {
+                    released |= matches!(
+                        e.event,
+                        tflock_core::EventKind::LockReleased | tflock_core::EventKind::LockExpired
+                    );
+                    let _ = self.events.send(e);
+                }
+                Err(e) => tracing::warn!("dropping an unreadable event: {e}"),
+            }
+        }
+        if released {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// With `min_replicas_ack`, a grant counts only once `WAIT` confirms it; an
+    /// unconfirmed one is rolled back (handed on) and reported as unavailable.
+    async fn ensure_replicated(
+        &self,
+        bucket: usize,
+        generation: u64,
+        lock: &Option<RawLock>,
+    ) -> Result<(), BackendError> {
+        if self.min_replicas_ack == 0 {
+            return Ok(());
+        }
+        let Some(lock) = lock else { return Ok(()) };
+        let acked = self
+            .conn
+            .wait_replicas(
+                generation,
+                &self.buckets[bucket],
+                self.min_replicas_ack,
+                self.wait_timeout,
+            )
+            .await;
+        let problem = match acked {
+            Ok(n) if n >= u64::from(self.min_replicas_ack) => return Ok(()),
+            Ok(n) => format!(
+                "only {n} of the {} replicas required by redis.min_replicas_ack confirmed the grant",
+                self.min_replicas_ack
+            ),
+            Err(e) => e.to_string(),
+        };
+        let lease = lock.lease.clone().unwrap_or_default();
+        if let Err(e) = self
+            .run::<StatusReply>(&self.scripts.rollback, bucket, &[&lock.sk, &lease], true)
+            .await
+        {
+            tracing::warn!("rolling back an unconfirmed grant failed: {e}");
+        }
+        Err(BackendError::Unavailable(format!(
+            "the grant was rolled back: {problem}"
+        )))
+    }
+
+    /// One TryLock script call.
+    async fn try_lock_once(
+        &self,
+        req: &LockRequest,
+        ttl: Duration,
+        mode: Mode,
+        remember_all: bool,
+        entry_id: &str,
+    ) -> Result<(Reply<TryLockReply>, u64), BackendError> {
+        let sk = req.resource.storage_key();
+        let bucket = bucket_of(&sk);
+        let meta = serde_json::to_string(&req.owner)
+            .map_err(|e| BackendError::Internal(format!("owner metadata: {e}")))?;
+        let pull = req
+            .owner
+            .pull
+            .as_ref()
+            .map(|p| p.num.to_string())
+            .unwrap_or_default();
+        let prio = req.priority.rank().to_string();
+        let ttl_us = us(ttl);
+        let span_us = us(mode.span);
+        let grace = &self.waiter_grace_us;
+        let args = [
+            sk.as_str(),
+            &req.owner.owner,
+            req.owner.username().unwrap_or(""),
+            &pull,
+            &meta,
+            &prio,
+            &ttl_us,
+            mode.code,
+            &span_us,
+            req.request_id.as_deref().unwrap_or(""),
+            &self.max_queue,
+            &self.retention_us,
+            if self.settings.enable_priority_queue {
+                "1"
+            } else {
+                "0"
+            },
+            if self.settings.enable_retries {
+                "1"
+            } else {
+                "0"
+            },
+            grace,
+            if remember_all { "a" } else { "g" },
+            entry_id,
+        ];
+        self.run_gen(&self.scripts.try_lock, bucket, &args, true)
+            .await
+    }
+
+    /// The waiter's end when its caller went away: see `abandon.lua`.
+    async fn abandon(&self, bucket: usize, sk: &str, entry_id: &str, has_request_id: bool) {
+        let args = [sk, entry_id, if has_request_id { "1" } else { "0" }];
+        if let Err(e) = self
+            .run::<StatusReply>(&self.scripts.abandon, bucket, &args, true)
+            .await
+        {
+            // The entry stays until the sweeper drops it after its deadline.
+            tracing::warn!("removing an abandoned waiter's entry failed: {e}");
+        }
+    }
+
+    /// One sweep of every bucket; returns the earliest due time left and whether a
+    /// bucket had more than one call may handle.
+    async fn sweep_all(&self) -> (Option<Timestamp>, bool) {
+        let results = join_all(
+            (0..BUCKETS)
+                .map(|b| self.run::<SweepReply>(&self.scripts.sweep, b, &[SWEEP_LIMIT], true)),
+        )
+        .await;
+        let mut next: Option<Timestamp> = None;
+        let mut more = false;
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(r) => {
+                    more |= r.body.more;
+                    if r.body.next.0 > 0 {
+                        let t = Timestamp(r.body.next.0);
+                        next = Some(next.map_or(t, |n| n.min(t)));
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            tracing::warn!("the expiry sweep failed on some buckets: {e}");
+        }
+        (next, more)
+    }
+}
+
+/// Hands expired leases on (and drops expired reservations, dead waiters' entries
+/// and old answers) without anyone touching the resource: every bucket at least once
+/// a second, sooner when a due time is nearer. Stops at close or when the backend is
+/// dropped.
+async fn sweeper(inner: Weak<Inner>) {
+    let mut last = Instant::now() - SWEEP_INTERVAL;
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        if i.is_closed() {
+            return;
+        }
+        // Never sweep in a tight loop, whatever the due times say (a Redis clock
+        // behind ours would otherwise make every due time look reached).
+        let gap = Duration::from_millis(10).saturating_sub(last.elapsed());
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        last = Instant::now();
+        let (next, more) = i.sweep_all().await;
+        if more {
+            continue;
+        }
+        let clock = i.clock.clone();
+        let mut closed = i.closed.subscribe();
+        drop(i);
+        let due = async move {
+            match next {
+                Some(t) => clock.sleep_until(t).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = due => {}
+            _ = async { let _ = closed.wait_for(|c| *c).await; } => return,
+        }
+    }
+}
+
+/// Removes a waiter's entry when its call goes away before it finishes.
+struct WaiterGuard {
+    inner: Arc<Inner>,
+    bucket: usize,
+    sk: String,
+    entry_id: String,
+    has_request_id: bool,
+    armed: bool,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        let (bucket, has_rid) = (self.bucket, self.has_request_id);
+        let sk = std::mem::take(&mut self.sk);
+        let id = std::mem::take(&mut self.entry_id);
+        rt.spawn(async move { inner.abandon(bucket, &sk, &id, has_rid).await });
+    }
+}
+
+/// What woke a blocked waiter.
+enum Woke {
+    Message(String),
+    Fallback,
+    Deadline,
+    Closed,
+    Failed(BackendError),
+}
+
+impl RedisBackend {
+    /// Blocks a waiter until its grant, its deadline, cancellation or close.
+    async fn wait_for_grant(
+        &self,
+        req: &LockRequest,
+        mut guard: WaiterGuard,
+        deadline: Timestamp,
+    ) -> Result<LockResponse, TryLockError> {
+        let inner = &self.inner;
+        let sk = guard.sk.clone();
+        let bucket = guard.bucket;
+        let entry_id = guard.entry_id.clone();
+        let wake_key = format!("{}wake:{entry_id}", inner.buckets[bucket]);
+        let deadline_us = deadline.as_micros().to_string();
+        let mut closed = inner.closed.subscribe();
+        loop {
+            let woke = tokio::select! {
+                r = inner.conn.blpop(&wake_key) => match r {
+                    Ok(Some(m)) => Woke::Message(m),
+                    Ok(None) => Woke::Fallback,
+                    Err(e) => Woke::Failed(e),
+                },
+                _ = inner.clock.sleep_until(deadline) => Woke::Deadline,
+                _ = async { let _ = closed.wait_for(|c| *c).await; } => Woke::Closed,
+            };
+            let (mode, hint) = match woke {
+                Woke::Message(m) => ("poll", m),
+                Woke::Fallback => ("poll", String::new()),
+                Woke::Deadline => ("end", String::new()),
+                Woke::Failed(e) => {
+                    tracing::debug!("a waiter's BLPOP failed, checking by script: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ("poll", String::new())
+                }
+                Woke::Closed => {
+                    guard.armed = false;
+                    let abandon = inner.abandon(bucket, &sk, &entry_id, req.request_id.is_some());
+                    let _ = tokio::time::timeout(inner.conn.read_timeout(), abandon).await;
+                    return Err(
+                        BackendError::Unavailable("the Redis backend is closing".into()).into(),
+                    );
+                }
+            };
+            let args = [
+                sk.as_str(),
+                &entry_id,
+                &req.owner.owner,
+                req.request_id.as_deref().unwrap_or(""),
+                &deadline_us,
+                mode,
+                &hint,
+                &inner.retention_us,
+            ];
+            let (reply, generation) = inner
+                .run_gen::<TryLockReply>(&inner.scripts.wait_end, bucket, &args, true)
+                .await?;
+            let body = reply.body;
+            if body.r == "queued" {
+                continue;
+            }
+            guard.armed = false;
+            let answer = body.a.ok_or_else(|| {
+                BackendError::Internal("wait_end: an answer without its body".into())
+            })?;
+            if body.fresh && answer.acq {
+                inner
+                    .ensure_replicated(bucket, generation, &answer.lock)
+                    .await?;
+            }
+            return Ok(answer.into_response()?);
+        }
+    }
+
+    /// TryLock without a queue: retry with back-off until the deadline; a release by
+    /// this backend cuts the back-off short.
+    async fn retry_loop(
+        &self,
+        req: &LockRequest,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockResponse, TryLockError> {
+        let inner = &self.inner;
+        let deadline = inner.clock.now().add(wait);
+        let mut backoff = inner.settings.min_retry_backoff;
+        let once = Mode {
+            code: "n",
+            span: Duration::ZERO,
+        };
+        loop {
+            inner.check_open()?;
+            let released = inner.released.notified();
+            let (reply, generation) = inner.try_lock_once(req, ttl, once, false, "").await?;
+            let bucket = bucket_of(&req.resource.storage_key());
+            let r = self.answer(reply.body, bucket, generation).await?;
+            if r.acquired {
+                return Ok(r);
+            }
+            let now = inner.clock.now();
+            if now >= deadline {
+                return Ok(LockResponse {
+                    reason: Some(NotAcquiredReason::Timeout),
+                    ..r
+                });
+            }
+            let until = now.add(backoff).min(deadline);
+            tokio::select! {
+                _ = inner.clock.sleep_until(until) => {}
+                _ = released => {}
+            }
+            backoff = (backoff * 2).min(inner.settings.max_retry_backoff);
+        }
+    }
+
+    /// Turns a try_lock.lua answer (`ans` or `replay`) into the response.
+    async fn answer(
+        &self,
+        body: TryLockReply,
+        bucket: usize,
+        generation: u64,
+    ) -> Result<LockResponse, TryLockError> {
+        let answer = body
+            .a
+            .ok_or_else(|| BackendError::Internal("try_lock: an answer without its body".into()))?;
+        if body.r == "replay" {
+            // Show the lease as it is now, if it is still this caller's.
+            let same = answer.acq
+                && body.cur.as_ref().is_some_and(|c| {
+                    c.lease.is_some()
+                        && c.lease == answer.lock.as_ref().and_then(|l| l.lease.clone())
+                });
+            let mut r = answer.into_response()?;
+            if same {
+                r.lock = body.cur.map(RawLock::into_lock).transpose()?;
+            }
+            return Ok(r);
+        }
+        if body.fresh && answer.acq {
+            self.inner
+                .ensure_replicated(bucket, generation, &answer.lock)
+                .await?;
+        }
+        Ok(answer.into_response()?)
+    }
+}
+
+fn owner_args(o: &Owner) -> Result<(String, String), BackendError> {
+    let meta = serde_json::to_string(o)
+        .map_err(|e| BackendError::Internal(format!("owner metadata: {e}")))?;
+    let pull = o
+        .pull
+        .as_ref()
+        .map(|p| p.num.to_string())
+        .unwrap_or_default();
+    Ok((meta, pull))
+}
+
+fn into_locks(raw: Vec<RawLock>) -> Result<Vec<Lock>, BackendError> {
+    raw.into_iter().map(RawLock::into_lock).collect()
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn try_lock(&self, request: LockRequest) -> Result<LockResponse, TryLockError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let req = request.validate()?;
+        let ttl = inner.settings.resolve_ttl(req.ttl)?;
+        let mode = if req.reserve {
+            Mode {
+                code: "r",
+                span: inner.settings.resolve_reservation(req.wait),
+            }
+        } else {
+            match req
+                .wait
+                .map(|w| inner.settings.resolve_wait(w))
+                .filter(|d| !d.is_zero())
+            {
+                Some(span) => Mode { code: "w", span },
+                None => Mode {
+                    code: "n",
+                    span: Duration::ZERO,
+                },
+            }
+        };
+        let sk = req.resource.storage_key();
+        let bucket = bucket_of(&sk);
+        // The entry id is chosen here and the drop guard armed before the script is
+        // sent: a caller that goes away at any point after that, even before the
+        // reply arrives, still has its entry removed.
+        let entry_id = format!("{bucket:02x}{}", &tflock_core::random_hex(15)[..30]);
+        let mut guard = WaiterGuard {
+            inner: inner.clone(),
+            bucket,
+            sk,
+            entry_id,
+            has_request_id: req.request_id.is_some(),
+            armed: mode.code == "w",
+        };
+        let (reply, generation) = inner
+            .try_lock_once(&req, ttl, mode, true, &guard.entry_id)
+            .await?;
+        let body = reply.body;
+        if body.r != "wait" {
+            guard.armed = false;
+        }
+        match body.r.as_str() {
+            "ans" | "replay" => self.answer(body, bucket, generation).await,
+            "wait" => {
+                let deadline = Timestamp(body.dl.unwrap_or_default().0);
+                self.wait_for_grant(&req, guard, deadline).await
+            }
+            "full" => Err(TryLockError::QueueFull {
+                max: inner.settings.max_queue_size,
+            }),
+            "retry" => self.retry_loop(&req, ttl, mode.span).await,
+            "refused" => Err(InvalidRequest::new(
+                "wait",
+                "waiting needs enable_priority_queue or enable_retries; retry without wait",
+            )
+            .into()),
+            other => Err(BackendError::Internal(format!("try_lock: unknown reply {other}")).into()),
+        }
+    }
+
+    async fn unlock(
+        &self,
+        resource: &Resource,
+        lease_id: &LeaseId,
+    ) -> Result<UnlockResponse, UnlockError> {
+        self.inner.check_open()?;
+        let resource = resource.clone().validate("resource")?;
+        unlock_script(&self.inner, &resource, lease_id.as_str()).await
+    }
+
+    async fn force_unlock(&self, resource: &Resource) -> Result<UnlockResponse, UnlockError> {
+        self.inner.check_open()?;
+        let resource = resource.clone().validate("resource")?;
+        unlock_script(&self.inner, &resource, "").await
+    }
+
+    async fn unlock_by_pull(
+        &self,
+        repo: &str,
+        pull: u64,
+    ) -> Result<PullUnlockResponse, UnlockError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        Resource::new(repo, ".", "default", "")
+            .map_err(|e| InvalidRequest::new("repo", e.message))?;
+        let num = pull.to_string();
+        let name = format!("{repo}#{pull}");
+        let replies = inner
+            .run_all::<PullReply>(&inner.scripts.unlock_pull, &[repo, &num, &name], true)
+            .await?;
+        let mut released = Vec::new();
+        let mut cancelled = Vec::new();
+        for r in replies {
+            released.extend(r.body.released);
+            cancelled.extend(r.body.cancelled);
+        }
+        released.sort_by(|a, b| a.sk.cmp(&b.sk));
+        cancelled.sort_by(|a, b| a.sk.cmp(&b.sk));
+        Ok(PullUnlockResponse {
+            released: into_locks(released)?,
+            cancelled: cancelled
+                .into_iter()
+                .map(|c| c.e.into_entry(&c.sk))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    async fn refresh_lock(
+        &self,
+        resource: &Resource,
+        lease_id: &LeaseId,
+        ttl: Duration,
+    ) -> Result<Lock, RefreshError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let resource = resource.clone().validate("resource")?;
+        let ttl = inner.settings.resolve_ttl(Some(ttl))?;
+        let sk = resource.storage_key();
+        let ttl_us = us(ttl);
+        let r = inner
+            .run::<LockReply>(
+                &inner.scripts.refresh,
+                bucket_of(&sk),
+                &[&sk, lease_id.as_str(), &ttl_us],
+                true,
+            )
+            .await?;
+        match (r.body.r.as_str(), r.body.lock) {
+            ("ok", Some(l)) => Ok(l.into_lock()?),
+            _ => Err(RefreshError::LeaseLost),
+        }
+    }
+
+    async fn transfer_lock(
+        &self,
+        resource: &Resource,
+        auth: TransferAuth,
+        to: Owner,
+    ) -> Result<Lock, TransferError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let resource = resource.clone().validate("resource")?;
+        let to = to.validate("to")?;
+        let sk = resource.storage_key();
+        let (meta, pull) = owner_args(&to)?;
+        let lease = match &auth {
+            TransferAuth::Lease(l) => l.as_str(),
+            TransferAuth::Admin => "",
+        };
+        let r = inner
+            .run::<LockReply>(
+                &inner.scripts.transfer,
+                bucket_of(&sk),
+                &[
+                    &sk,
+                    lease,
+                    &to.owner,
+                    to.username().unwrap_or(""),
+                    &pull,
+                    &meta,
+                ],
+                true,
+            )
+            .await?;
+        match (r.body.r.as_str(), r.body.lock) {
+            ("ok", Some(l)) => Ok(l.into_lock()?),
+            ("nf", _) => Err(TransferError::NotFound),
+            _ => Err(TransferError::LeaseLost),
+        }
+    }
+
+    async fn get_lock(&self, resource: &Resource) -> Result<Option<Lock>, QueryError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let resource = resource.clone().validate("resource")?;
+        let sk = resource.storage_key();
+        let r = inner
+            .run::<LockReply>(&inner.scripts.get_lock, bucket_of(&sk), &[&sk], false)
+            .await?;
+        Ok(r.body.lock.map(RawLock::into_lock).transpose()?)
+    }
+
+    async fn list_locks(&self, filter: LockFilter) -> Result<LockPage, QueryError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let limit = filter.page_size()?;
+        let mut after = filter.cursor_key()?.unwrap_or_default();
+        let repo = filter.repo.clone().unwrap_or_default();
+        let owner = filter.owner.clone().unwrap_or_default();
+        let user = filter.user.clone().unwrap_or_default();
+        // One more than a page, to know whether another page follows.
+        let mut out: Vec<RawLock> = Vec::with_capacity(limit + 1);
+        loop {
+            let want = (limit + 1 - out.len()).to_string();
+            let replies = inner
+                .run_all::<ListReply>(
+                    &inner.scripts.list,
+                    &[&after, &want, &repo, &owner, &user, LIST_SCAN],
+                    false,
+                )
+                .await?;
+            // Each bucket is complete up to its `last` key unless it is done; the
+            // merge is complete up to the smallest such frontier.
+            let mut frontier: Option<String> = None;
+            let mut merged = Vec::new();
+            for r in replies {
+                if !r.body.done && !r.body.last.is_empty() {
+                    let f = r.body.last;
+                    if frontier.as_ref().is_none_or(|cur| f < *cur) {
+                        frontier = Some(f);
+                    }
+                }
+                merged.extend(r.body.locks);
+            }
+            merged.sort_by(|a, b| a.sk.cmp(&b.sk));
+            let room = limit + 1 - out.len();
+            out.extend(
+                merged
+                    .into_iter()
+                    .filter(|l| frontier.as_ref().is_none_or(|f| l.sk <= *f))
+                    .take(room),
+            );
+            match frontier {
+                Some(f) if out.len() <= limit => after = f,
+                _ => break,
+            }
+        }
+        let next_cursor = if out.len() > limit {
+            out.truncate(limit);
+            out.last()
+                .map(|l| tflock_core::request::encode_cursor(&l.sk))
+        } else {
+            None
+        };
+        Ok(LockPage {
+            locks: into_locks(out)?,
+            next_cursor,
+        })
+    }
+
+    async fn get_queue_status(&self, resource: &Resource) -> Result<QueueStatus, QueryError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let resource = resource.clone().validate("resource")?;
+        let sk = resource.storage_key();
+        let r = inner
+            .run::<QueueReply>(&inner.scripts.queue_status, bucket_of(&sk), &[&sk], false)
+            .await?;
+        let now = Timestamp(r.now.0);
+        let entries = r
+            .body
+            .entries
+            .into_iter()
+            .map(|e| e.into_entry(&sk))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(QueueStatus {
+            resource,
+            lock: r.body.lock.map(RawLock::into_lock).transpose()?,
+            entries: QueueEntryView::ordered(&entries, now, &inner.settings.starvation_policy()),
+        })
+    }
+
+    async fn get_user_queue(&self, username: &str) -> Result<Vec<QueueEntryView>, QueryError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let replies = inner
+            .run_all::<UserQueueReply>(&inner.scripts.user_queue, &[username], false)
+            .await?;
+        let policy = inner.settings.starvation_policy();
+        let mut by_key = BTreeMap::new();
+        for r in replies {
+            let now = Timestamp(r.now.0);
+            for q in r.body.queues {
+                let entries = q
+                    .entries
+                    .into_iter()
+                    .map(|e| e.into_entry(&q.sk))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let views: Vec<_> = QueueEntryView::ordered(&entries, now, &policy)
+                    .into_iter()
+                    .filter(|v| v.entry.owner.username() == Some(username))
+                    .collect();
+                by_key.insert(q.sk, views);
+            }
+        }
+        Ok(by_key.into_values().flatten().collect())
+    }
+
+    async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let Some(bucket) = bucket_of_entry(entry_id) else {
+            return Err(CancelError::NotFound);
+        };
+        let r = inner
+            .run::<CancelReply>(&inner.scripts.cancel, bucket, &[entry_id], true)
+            .await?;
+        match (r.body.r.as_str(), r.body.entry) {
+            ("ok", Some(e)) => Ok(e.into_view()?),
+            _ => Err(CancelError::NotFound),
+        }
+    }
+
+    async fn health_check(&self) -> Result<BackendHealth, BackendError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let started = Instant::now();
+        let (pong, _) = inner
+            .conn
+            .call::<String>(&redis::cmd("PING"))
+            .await
+            .map_err(BackendError::from)?;
+        let response_time = started.elapsed();
+        let mut details = inner.description.clone();
+        details.insert("ping".into(), pong.into());
+        Ok(BackendHealth {
+            backend: "redis".into(),
+            healthy: true,
+            response_time,
+            checked_at: inner.clock.now(),
+            details,
+        })
+    }
+
+    async fn get_metrics(&self) -> Result<BackendMetrics, BackendError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let replies = inner
+            .run_all::<StatsReply>(&inner.scripts.stats, &[], false)
+            .await?;
+        Ok(BackendMetrics {
+            active_locks: replies.iter().map(|r| r.body.locks).sum(),
+            queue_depth: replies.iter().map(|r| r.body.entries).sum(),
+            handoffs: inner.handoffs.load(Ordering::Relaxed),
+            expiries: inner.expiries.load(Ordering::Relaxed),
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<LockEvent> {
+        self.inner.events.subscribe()
+    }
+
+    async fn close(&self) {
+        self.inner.closed.send_replace(true);
+    }
+}
+
+async fn unlock_script(
+    inner: &Inner,
+    resource: &Resource,
+    lease: &str,
+) -> Result<UnlockResponse, UnlockError> {
+    let sk = resource.storage_key();
+    let r = inner
+        .run::<UnlockReply>(&inner.scripts.unlock, bucket_of(&sk), &[&sk, lease], true)
+        .await?;
+    match r.body.r.as_str() {
+        "nf" => Err(UnlockError::NotFound),
+        "no" => Err(UnlockError::NotOwner),
+        "ok" => Ok(UnlockResponse {
+            released: r
+                .body
+                .released
+                .ok_or_else(|| BackendError::Internal("unlock: no released lock".into()))?
+                .into_lock()?,
+            granted_to: r.body.to.map(|v| v.into_view()).transpose()?,
+        }),
+        other => Err(BackendError::Internal(format!("unlock: unknown reply {other}")).into()),
+    }
+}

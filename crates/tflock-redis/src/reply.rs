@@ -1,0 +1,402 @@
+//! The scripts' JSON replies and their translation into the core's types.
+//!
+//! Scripts encode with Redis's `cjson`, which has two quirks handled here: numbers
+//! that must stay exact travel as strings ([`Num`]), and an empty Lua table encodes
+//! as `{}` even where a list is meant ([`lua_vec`]).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer};
+use tflock_core::{
+    BackendError, EntryKind, EventKind, FencingToken, LeaseId, Lock, LockEvent, LockResponse,
+    NotAcquiredReason, Owner, Priority, QueueEntry, QueueEntryView, QueuePlacement, Resource,
+    Timestamp,
+};
+
+/// A non-negative integer sent as a string (or a small number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Num(pub u64);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            U(u64),
+            F(f64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::S(s) if s.is_empty() => Ok(Num(0)),
+            Raw::S(s) => s
+                .parse::<u64>()
+                .or_else(|_| s.parse::<f64>().map(|f| f.max(0.0) as u64))
+                .map(Num)
+                .map_err(serde::de::Error::custom),
+            Raw::U(u) => Ok(Num(u)),
+            Raw::F(f) => Ok(Num(f.max(0.0) as u64)),
+        }
+    }
+}
+
+/// A list that an empty Lua table may have encoded as `{}`.
+pub fn lua_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|v| serde_json::from_value(v).map_err(serde::de::Error::custom))
+            .collect(),
+        serde_json::Value::Object(o) if o.is_empty() => Ok(Vec::new()),
+        serde_json::Value::Null => Ok(Vec::new()),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a list, got {other}"
+        ))),
+    }
+}
+
+/// What every reply carries besides its own fields.
+#[derive(Debug, Deserialize)]
+pub struct Reply<T> {
+    #[serde(flatten)]
+    pub body: T,
+    #[serde(default, deserialize_with = "lua_vec")]
+    pub ev: Vec<RawEvent>,
+    #[serde(default)]
+    pub ho: u64,
+    /// The script's clock.
+    pub now: Num,
+}
+
+/// Decodes a script's reply.
+pub fn decode<T: DeserializeOwned>(script: &str, json: &str) -> Result<Reply<T>, BackendError> {
+    serde_json::from_str(json).map_err(|e| {
+        BackendError::Internal(format!("{script}: cannot read the reply ({e}): {json}"))
+    })
+}
+
+fn resource_of(sk: &str) -> Result<Resource, BackendError> {
+    Resource::from_storage_key(sk)
+        .ok_or_else(|| BackendError::Internal(format!("malformed storage key {sk:?}")))
+}
+
+fn owner_of(meta: &str) -> Result<Owner, BackendError> {
+    serde_json::from_str(meta)
+        .map_err(|e| BackendError::Internal(format!("malformed owner metadata: {e}")))
+}
+
+/// An event as a script records it.
+#[derive(Debug, Deserialize)]
+pub struct RawEvent {
+    k: String,
+    sk: String,
+    o: String,
+    #[serde(default)]
+    t: Option<Num>,
+    #[serde(default)]
+    e: Option<String>,
+    at: Num,
+}
+
+impl RawEvent {
+    pub fn into_event(self) -> Result<LockEvent, BackendError> {
+        let event = match self.k.as_str() {
+            "lock.acquired" => EventKind::LockAcquired,
+            "lock.released" => EventKind::LockReleased,
+            "lock.expired" => EventKind::LockExpired,
+            "lock.transferred" => EventKind::LockTransferred,
+            "queue.entered" => EventKind::QueueEntered,
+            "queue.left" => EventKind::QueueLeft,
+            "queue.granted" => EventKind::QueueGranted,
+            other => return Err(BackendError::Internal(format!("unknown event {other}"))),
+        };
+        let resource = resource_of(&self.sk)?;
+        Ok(LockEvent {
+            event,
+            key: resource.lock_key(),
+            resource,
+            owner: self.o,
+            fencing_token: self.t.map(|t| FencingToken(t.0)),
+            entry_id: self.e,
+            at: Timestamp(self.at.0),
+        })
+    }
+
+    pub fn is_expiry(&self) -> bool {
+        self.k == "lock.expired"
+    }
+}
+
+/// A lock as a script shows it (`lease` only for the holder).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawLock {
+    pub sk: String,
+    meta: String,
+    prio: Num,
+    token: Num,
+    acquired: Num,
+    expires: Num,
+    ttl: Num,
+    claim: String,
+    #[serde(default)]
+    pub lease: Option<String>,
+}
+
+impl RawLock {
+    pub fn into_lock(self) -> Result<Lock, BackendError> {
+        let resource = resource_of(&self.sk)?;
+        Ok(Lock {
+            key: resource.lock_key(),
+            resource,
+            owner: owner_of(&self.meta)?,
+            priority: Priority::from_rank(self.prio.0),
+            fencing_token: FencingToken(self.token.0),
+            acquired_at: Timestamp(self.acquired.0),
+            expires_at: Timestamp(self.expires.0),
+            ttl: Duration::from_micros(self.ttl.0),
+            claim_pending: self.claim == "1",
+            lease_id: self.lease.map(LeaseId),
+        })
+    }
+}
+
+/// A queue entry as stored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawEntry {
+    id: String,
+    kind: String,
+    prio: Num,
+    enq: Num,
+    dl: Num,
+    ttl: Num,
+    #[serde(default)]
+    rid: String,
+    meta: String,
+}
+
+impl RawEntry {
+    pub fn into_entry(self, sk: &str) -> Result<QueueEntry, BackendError> {
+        Ok(QueueEntry {
+            entry_id: self.id,
+            resource: resource_of(sk)?,
+            owner: owner_of(&self.meta)?,
+            kind: if self.kind == "r" {
+                EntryKind::Reservation
+            } else {
+                EntryKind::Waiter
+            },
+            priority: Priority::from_rank(self.prio.0),
+            enqueued_at: Timestamp(self.enq.0),
+            deadline: Timestamp(self.dl.0),
+            ttl: Duration::from_micros(self.ttl.0),
+            request_id: (!self.rid.is_empty()).then_some(self.rid),
+        })
+    }
+}
+
+/// A queue entry with its place, as a script computed it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawEntryView {
+    sk: String,
+    e: RawEntry,
+    eff: u64,
+    pos: usize,
+    waited: Num,
+}
+
+impl RawEntryView {
+    pub fn into_view(self) -> Result<QueueEntryView, BackendError> {
+        Ok(QueueEntryView {
+            entry: self.e.into_entry(&self.sk)?,
+            effective_priority: Priority::from_rank(self.eff),
+            position: self.pos,
+            waited: Duration::from_micros(self.waited.0),
+        })
+    }
+}
+
+/// An entry with its storage key (UnlockByPull's cancelled entries).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawKeyedEntry {
+    pub sk: String,
+    pub e: RawEntry,
+}
+
+/// A reservation's place.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawPlacement {
+    id: String,
+    pos: usize,
+}
+
+/// TryLock's answer as a script builds (and keeps) it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawAnswer {
+    pub acq: bool,
+    #[serde(default)]
+    pub lock: Option<RawLock>,
+    #[serde(default)]
+    q: Option<RawPlacement>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl RawAnswer {
+    pub fn into_response(self) -> Result<LockResponse, BackendError> {
+        let reason = match self.reason.as_deref() {
+            None => None,
+            Some("held") => Some(NotAcquiredReason::Held),
+            Some("timeout") => Some(NotAcquiredReason::Timeout),
+            Some("cancelled") => Some(NotAcquiredReason::Cancelled),
+            Some(other) => {
+                return Err(BackendError::Internal(format!("unknown reason {other}")));
+            }
+        };
+        Ok(LockResponse {
+            acquired: self.acq,
+            lock: self.lock.map(RawLock::into_lock).transpose()?,
+            queue: self.q.map(|q| QueuePlacement {
+                entry_id: q.id,
+                position: q.pos,
+            }),
+            reason: if self.acq { None } else { reason },
+        })
+    }
+}
+
+/// try_lock.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct TryLockReply {
+    pub r: String,
+    #[serde(default)]
+    pub a: Option<RawAnswer>,
+    #[serde(default)]
+    pub fresh: bool,
+    #[serde(default)]
+    pub cur: Option<RawLock>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub dl: Option<Num>,
+}
+
+/// unlock.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct UnlockReply {
+    pub r: String,
+    #[serde(default)]
+    pub released: Option<RawLock>,
+    #[serde(default)]
+    pub to: Option<RawEntryView>,
+}
+
+/// Replies with `r` and an optional lock (refresh, transfer).
+#[derive(Debug, Deserialize)]
+pub struct LockReply {
+    #[serde(default)]
+    pub r: String,
+    #[serde(default)]
+    pub lock: Option<RawLock>,
+}
+
+/// Replies with only `r` (abandon, rollback).
+#[derive(Debug, Deserialize)]
+pub struct StatusReply {
+    #[serde(default)]
+    pub r: String,
+}
+
+/// cancel.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct CancelReply {
+    pub r: String,
+    #[serde(default)]
+    pub entry: Option<RawEntryView>,
+}
+
+/// unlock_pull.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct PullReply {
+    #[serde(default, deserialize_with = "lua_vec")]
+    pub released: Vec<RawLock>,
+    #[serde(default, deserialize_with = "lua_vec")]
+    pub cancelled: Vec<RawKeyedEntry>,
+}
+
+/// sweep.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct SweepReply {
+    pub next: Num,
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// queue_status.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct QueueReply {
+    #[serde(default)]
+    pub lock: Option<RawLock>,
+    #[serde(default, deserialize_with = "lua_vec")]
+    pub entries: Vec<RawEntry>,
+}
+
+/// list.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct ListReply {
+    #[serde(default, deserialize_with = "lua_vec")]
+    pub locks: Vec<RawLock>,
+    pub last: String,
+    pub done: bool,
+}
+
+/// One resource's queue in user_queue.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct RawQueue {
+    pub sk: String,
+    #[serde(deserialize_with = "lua_vec")]
+    pub entries: Vec<RawEntry>,
+}
+
+/// user_queue.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct UserQueueReply {
+    #[serde(default, deserialize_with = "lua_vec")]
+    pub queues: Vec<RawQueue>,
+}
+
+/// stats.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct StatsReply {
+    pub locks: u64,
+    pub entries: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_lua_tables_are_empty_lists() {
+        let r: Reply<PullReply> = decode(
+            "t",
+            r#"{"released":{},"cancelled":{},"ev":{},"ho":0,"now":"17"}"#,
+        )
+        .unwrap();
+        assert!(r.body.released.is_empty() && r.ev.is_empty());
+        assert_eq!(r.now, Num(17));
+    }
+
+    #[test]
+    fn numbers_stay_exact() {
+        let r: Reply<SweepReply> = decode(
+            "t",
+            r#"{"next":"1795000000123457","now":"1795000000123456"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.body.next, Num(1_795_000_000_123_457));
+    }
+}
