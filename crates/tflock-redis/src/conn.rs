@@ -10,9 +10,9 @@
 //! primary is now. Only connection attempts are retried (`max_retries` with
 //! back-off): a request that may have reached Redis is never sent twice.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
@@ -94,9 +94,19 @@ pub struct Connector {
     min_backoff: Duration,
     max_backoff: Duration,
     pool_size: usize,
-    current: Mutex<Option<Current>>,
+    current: Arc<Mutex<Option<Current>>>,
     reconnect: tokio::sync::Mutex<()>,
-    generation: AtomicU64,
+    generation: Arc<AtomicU64>,
+    /// Cluster only: since when (µs after `epoch`, 0 = not failing) calls have failed
+    /// without a success, and whether a replacement connection is being built.
+    epoch: Instant,
+    failing_since: AtomicU64,
+    rebuilding: Arc<AtomicBool>,
+    /// Connection attempts made, and the last one's error: callers that queued behind
+    /// a failed attempt share its error instead of each trying again in turn (which,
+    /// with a hung server, would make the last of them wait many connect timeouts).
+    attempts: AtomicU64,
+    last_failure: Mutex<Option<RedisError>>,
     pool: Mutex<Vec<Blocking>>,
 }
 
@@ -265,9 +275,14 @@ impl Connector {
             min_backoff: cfg.min_retry_backoff,
             max_backoff: cfg.max_retry_backoff,
             pool_size: cfg.pool_size,
-            current: Mutex::new(None),
+            current: Arc::new(Mutex::new(None)),
             reconnect: tokio::sync::Mutex::new(()),
-            generation: AtomicU64::new(1),
+            generation: Arc::new(AtomicU64::new(1)),
+            epoch: Instant::now(),
+            failing_since: AtomicU64::new(0),
+            rebuilding: Arc::new(AtomicBool::new(false)),
+            attempts: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
             pool: Mutex::new(Vec::new()),
         })
     }
@@ -468,12 +483,27 @@ impl Connector {
         if let Some(c) = self.lock_current().clone() {
             return Ok(c);
         }
-        // One reconnect at a time; the others then use its connection.
+        // One reconnect at a time; the others then use its connection, or its error.
+        let seen = self.attempts.load(Ordering::Acquire);
         let _one = self.reconnect.lock().await;
         if let Some(c) = self.lock_current().clone() {
             return Ok(c);
         }
-        let (client, conn) = self.open().await?;
+        if self.attempts.load(Ordering::Acquire) != seen {
+            let failure = self
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        let opened = self.open().await;
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            opened.as_ref().err().cloned();
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        let (client, conn) = opened?;
         let cur = Current {
             generation: self.generation.fetch_add(1, Ordering::Relaxed),
             client,
@@ -488,9 +518,62 @@ impl Connector {
     }
 
     fn invalidate(&self, generation: u64) {
+        if let Target::Cluster { client, .. } = &self.target {
+            self.cluster_failed(client);
+            return;
+        }
         let mut cur = self.lock_current();
         if cur.as_ref().is_some_and(|c| c.generation == generation) {
             *cur = None;
+        }
+    }
+
+    /// A cluster connection reconnects its nodes by itself, but keeps sending a dead
+    /// primary's slots to it until something tells it the slots moved, which a dead
+    /// node never does. So when calls have failed for two read timeouts in a row, a
+    /// new connection (which reads the slots afresh from a live node) is built in the
+    /// background and swapped in; calls meanwhile still answer within read_timeout.
+    fn cluster_failed(&self, client: &ClusterClient) {
+        let now = (self.epoch.elapsed().as_micros() as u64).max(1);
+        let since =
+            match self
+                .failing_since
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => now,
+                Err(t) => t,
+            };
+        let streak = Duration::from_micros(now.saturating_sub(since));
+        if streak < self.read_timeout * 2 || self.rebuilding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.failing_since.store(0, Ordering::Release);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.rebuilding.store(false, Ordering::Release);
+            return;
+        };
+        let (client, current, generation, rebuilding) = (
+            client.clone(),
+            self.current.clone(),
+            self.generation.clone(),
+            self.rebuilding.clone(),
+        );
+        let limit = self.connect_timeout + self.read_timeout;
+        rt.spawn(async move {
+            if let Ok(Ok(conn)) = timeout(limit, client.get_async_connection()).await {
+                *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Current {
+                    generation: generation.fetch_add(1, Ordering::Relaxed),
+                    client: None,
+                    conn: Conn::Cluster(conn),
+                });
+            }
+            rebuilding.store(false, Ordering::Release);
+        });
+    }
+
+    fn succeeded(&self) {
+        if self.failing_since.load(Ordering::Relaxed) != 0 {
+            self.failing_since.store(0, Ordering::Relaxed);
         }
     }
 
@@ -525,7 +608,10 @@ impl Connector {
             Err(_) => return Err(unavailable("redis: no connection in time")),
         };
         match timeout(self.read_timeout, cur.conn.query::<T>(cmd)).await {
-            Ok(Ok(v)) => Ok((v, cur.generation)),
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Ok((v, cur.generation))
+            }
             Ok(Err(e)) => {
                 if needs_reconnect(&e) {
                     self.invalidate(cur.generation);

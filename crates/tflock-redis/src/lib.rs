@@ -214,9 +214,10 @@ impl RedisBackend {
             .await
         {
             let m = e.to_string();
-            let setting = if m.contains("NOPERM") && m.contains("key") {
+            let lower = m.to_ascii_lowercase();
+            let setting = if lower.contains("noperm") && lower.contains("key") {
                 "redis.key_prefix"
-            } else if m.contains("NOPERM") {
+            } else if lower.contains("noperm") {
                 "redis.username"
             } else {
                 "redis.addresses"
