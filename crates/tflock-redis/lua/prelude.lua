@@ -80,6 +80,7 @@ local function before(a, b)
   local ea, eb = effective(a.prio, a.enq), effective(b.prio, b.enq)
   if ea ~= eb then return ea > eb end
   if a.enq ~= b.enq then return a.enq < b.enq end
+  -- Ids are equal-length lower-case hex, which every collation orders as bytes.
   return a.id < b.id
 end
 

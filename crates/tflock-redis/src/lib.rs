@@ -761,7 +761,11 @@ impl Backend for RedisBackend {
         // The entry id is chosen here and the drop guard armed before the script is
         // sent: a caller that goes away at any point after that, even before the
         // reply arrives, still has its entry removed.
-        let entry_id = format!("{bucket:02x}{}", &tflock_core::random_hex(15)[..30]);
+        let entry_id = if mode.code == "n" {
+            String::new()
+        } else {
+            format!("{bucket:02x}{}", tflock_core::random_hex(15))
+        };
         let mut guard = WaiterGuard {
             inner: inner.clone(),
             bucket,
