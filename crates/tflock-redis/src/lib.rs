@@ -227,13 +227,32 @@ impl RedisBackend {
                 format!("Redis refused tflock's scripts: {m}"),
             ));
         }
-        tokio::spawn(sweeper(Arc::downgrade(&inner)));
-        Ok(Arc::new(RedisBackend { inner }))
+        let backend = RedisBackend { inner };
+        backend.check_eviction_policy().await;
+        tokio::spawn(sweeper(Arc::downgrade(&backend.inner)));
+        Ok(Arc::new(backend))
     }
 
     /// `standalone`, `sentinel` or `cluster`.
     pub fn mode(&self) -> &'static str {
         self.inner.conn.mode()
+    }
+
+    /// Warns when Redis may evict any key under memory pressure (`allkeys-*`, as the
+    /// spec's tuning example suggests): an evicted token key would let a fencing
+    /// token be granted twice. Best effort: managed Redis often refuses CONFIG.
+    async fn check_eviction_policy(&self) {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        if let Ok((reply, _)) = self.inner.conn.call::<Vec<String>>(&cmd).await
+            && let Some(policy) = reply.get(1)
+            && policy.starts_with("allkeys")
+        {
+            tracing::warn!(
+                "Redis uses maxmemory-policy {policy}: under memory pressure it may evict lock \
+                 and fencing-token keys, which breaks the locking guarantees; use noeviction"
+            );
+        }
     }
 }
 
@@ -463,21 +482,23 @@ impl Inner {
         }
     }
 
-    /// One sweep of every bucket; returns the earliest due time left and whether a
-    /// bucket had more than one call may handle.
-    async fn sweep_all(&self) -> (Option<Timestamp>, bool) {
+    /// One sweep of every bucket; returns the earliest due time left, the scripts'
+    /// clock, and whether a bucket had more than one call may handle.
+    async fn sweep_all(&self) -> (Option<Timestamp>, Timestamp, bool) {
         let results = join_all(
             (0..BUCKETS)
                 .map(|b| self.run::<SweepReply>(&self.scripts.sweep, b, &[SWEEP_LIMIT], true)),
         )
         .await;
         let mut next: Option<Timestamp> = None;
+        let mut now = Timestamp::ZERO;
         let mut more = false;
         let mut failed = None;
         for r in results {
             match r {
                 Ok(r) => {
                     more |= r.body.more;
+                    now = now.max(Timestamp(r.now.0));
                     if r.body.next.0 > 0 {
                         let t = Timestamp(r.body.next.0);
                         next = Some(next.map_or(t, |n| n.min(t)));
@@ -489,7 +510,7 @@ impl Inner {
         if let Some(e) = failed {
             tracing::warn!("the expiry sweep failed on some buckets: {e}");
         }
-        (next, more)
+        (next, now, more)
     }
 }
 
@@ -511,15 +532,20 @@ async fn sweeper(inner: Weak<Inner>) {
             tokio::time::sleep(gap).await;
         }
         last = Instant::now();
-        let (next, more) = i.sweep_all().await;
+        let (next, now, more) = i.sweep_all().await;
         if more {
             continue;
         }
         let clock = i.clock.clone();
+        let system_clock = i.system_clock;
         let mut closed = i.closed.subscribe();
         drop(i);
         let due = async move {
             match next {
+                // Redis's clock decides: wait for the due time as a duration on it, so
+                // a Redis clock behind ours does not make us sweep early and often.
+                Some(t) if system_clock => tokio::time::sleep(t.since(now)).await,
+                // An injected clock (tests): wake when it reaches the due time.
                 Some(t) => clock.sleep_until(t).await,
                 None => std::future::pending::<()>().await,
             }
