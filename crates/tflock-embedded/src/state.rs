@@ -110,6 +110,8 @@ pub(crate) struct State {
     /// Number of the latest change; a caller that saw state up to here waits until the
     /// committer reports this number durable.
     pub seq: u64,
+    /// The `seq` of the last batch handed to the committer.
+    batched_seq: u64,
     pub handoffs: u64,
     pub expiries: u64,
 }
@@ -221,13 +223,12 @@ impl State {
 
     /// Serialises everything dirty for one commit; `None` when nothing is.
     pub fn take_batch(&mut self) -> Option<Batch> {
-        if self.dirty_resources.is_empty()
-            && self.dirty_tokens.is_empty()
-            && self.dirty_answers.is_empty()
-            && self.events.is_empty()
-        {
+        // A change with nothing to write (a health check's probe) still gets a commit:
+        // its caller waits for the file to take one.
+        if self.seq == self.batched_seq && self.events.is_empty() {
             return None;
         }
+        self.batched_seq = self.seq;
         let mut b = Batch {
             seq: self.seq,
             events: std::mem::take(&mut self.events),

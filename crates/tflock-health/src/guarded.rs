@@ -1,0 +1,401 @@
+//! [`GuardedBackend`]: every call of an inner backend behind the circuit breaker and
+//! into the metrics window; [`spawn_monitor`]: the periodic health check that feeds the
+//! breaker; [`Health`]: what `/api/health/locking` and `tflock health` report.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tflock_core::{
+    Backend, BackendError, BackendHealth, BackendMetrics, CancelError, ErrorCode, LeaseId, Lock,
+    LockEvent, LockFilter, LockPage, LockRequest, LockResponse, Owner, PullUnlockResponse,
+    QueryError, QueueEntryView, QueueStatus, RefreshError, Resource, SharedBackend, SharedClock,
+    Timestamp, TransferAuth, TransferError, TryLockError, UnlockError, UnlockResponse,
+};
+
+use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
+use crate::window::Window;
+
+/// The spec's HealthMetrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthMetrics {
+    pub connections_active: i64,
+    pub connections_total: i64,
+    #[serde(with = "humantime_serde")]
+    pub response_time: Duration,
+    pub memory_usage: i64,
+    pub slow_queries: i64,
+    pub last_health_check: Option<Timestamp>,
+    pub circuit_breaker_state: BreakerState,
+}
+
+/// The spec's PerformanceMetrics (over the last 60 s).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerformanceMetrics {
+    pub operations_per_second: f64,
+    #[serde(with = "humantime_serde")]
+    pub average_latency: Duration,
+    #[serde(with = "humantime_serde")]
+    pub p95_latency: Duration,
+    #[serde(with = "humantime_serde")]
+    pub p99_latency: Duration,
+    pub error_rate: f64,
+    pub queue_depth: u64,
+    pub active_locks: u64,
+}
+
+/// Everything `/api/health/locking` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub backend: String,
+    pub healthy: bool,
+    pub circuit_breaker_state: BreakerState,
+    pub health: HealthMetrics,
+    pub performance: PerformanceMetrics,
+    /// The last health check's own findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<BackendHealth>,
+    /// Why the last check failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Shared health state of one backend.
+pub struct Health {
+    backend_name: &'static str,
+    pub breaker: CircuitBreaker,
+    /// `None` with `enable_metrics: false`: nothing is timed or recorded.
+    pub window: Option<Window>,
+    clock: SharedClock,
+    last: Mutex<(Option<BackendHealth>, Option<String>, Option<Timestamp>)>,
+}
+
+impl Health {
+    pub fn new(
+        backend_name: &'static str,
+        breaker: BreakerSettings,
+        enable_metrics: bool,
+        clock: SharedClock,
+    ) -> Self {
+        Health {
+            backend_name,
+            breaker: CircuitBreaker::new(breaker, clock.clone()),
+            window: enable_metrics.then(|| Window::new(clock.clone())),
+            clock,
+            last: Mutex::new((None, None, None)),
+        }
+    }
+
+    /// Records a health check's result.
+    pub fn record_check(&self, result: Result<BackendHealth, String>) {
+        let ok = matches!(&result, Ok(h) if h.healthy);
+        self.breaker.record_check(ok);
+        let now = self.clock.now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(h) => *last = (Some(h), None, Some(now)),
+            Err(e) => {
+                last.1 = Some(e);
+                last.2 = Some(now);
+            }
+        }
+        metrics::gauge!("tflock_backend_up").set(if ok { 1.0 } else { 0.0 });
+    }
+
+    /// The report, with lock and queue counts from `metrics` when the backend gave them.
+    pub fn report(&self, counts: Option<BackendMetrics>) -> HealthReport {
+        let state = self.breaker.state();
+        let (check, error, at) = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let detail = |keys: &[&str]| -> i64 {
+            check
+                .as_ref()
+                .and_then(|c| {
+                    keys.iter()
+                        .find_map(|k| c.details.get(*k).and_then(|v| v.as_i64()))
+                })
+                .unwrap_or(0)
+        };
+        let stats = self.window.as_ref().map(|w| w.stats());
+        let counts = counts.unwrap_or_default();
+        let healthy = state == BreakerState::Closed
+            && error.is_none()
+            && check.as_ref().is_none_or(|c| c.healthy);
+        HealthReport {
+            backend: self.backend_name.to_string(),
+            healthy,
+            circuit_breaker_state: state,
+            health: HealthMetrics {
+                connections_active: detail(&["connections_active", "connected_clients"]),
+                connections_total: detail(&["connections_total", "total_connections_received"]),
+                response_time: check.as_ref().map(|c| c.response_time).unwrap_or_default(),
+                memory_usage: detail(&["memory_usage", "used_memory", "memory_usage_bytes"]),
+                slow_queries: detail(&["slow_queries", "slowlog_len"]),
+                last_health_check: at,
+                circuit_breaker_state: state,
+            },
+            performance: PerformanceMetrics {
+                operations_per_second: stats.map_or(0.0, |s| s.operations_per_second),
+                average_latency: stats.map_or(Duration::ZERO, |s| s.average_latency),
+                p95_latency: stats.map_or(Duration::ZERO, |s| s.p95_latency),
+                p99_latency: stats.map_or(Duration::ZERO, |s| s.p99_latency),
+                error_rate: stats.map_or(0.0, |s| s.error_rate),
+                queue_depth: counts.queue_depth,
+                active_locks: counts.active_locks,
+            },
+            last_check: check,
+            last_error: error,
+        }
+    }
+
+    /// While the breaker refuses calls: how long until it may let one through.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.breaker.try_acquire() {
+            Ok(p) => {
+                // Only asked, not used: give the probe slot back.
+                self.breaker.record_unused(p);
+                None
+            }
+            Err(r) => Some(r.retry_after),
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// Returns a permit without reporting an outcome.
+    pub fn record_unused(&self, permit: crate::breaker::Permit) {
+        self.release(permit);
+    }
+}
+
+/// An operation error with a stable code.
+trait Coded {
+    fn error_code(&self) -> ErrorCode;
+}
+
+macro_rules! coded {
+    ($($t:ty),*) => { $(impl Coded for $t { fn error_code(&self) -> ErrorCode { self.code() } })* };
+}
+coded!(
+    TryLockError,
+    UnlockError,
+    RefreshError,
+    TransferError,
+    CancelError,
+    QueryError
+);
+
+impl Coded for BackendError {
+    fn error_code(&self) -> ErrorCode {
+        self.code()
+    }
+}
+
+/// A backend behind the breaker, timed into the window.
+pub struct GuardedBackend {
+    inner: SharedBackend,
+    health: Arc<Health>,
+}
+
+impl GuardedBackend {
+    pub fn new(inner: SharedBackend, health: Arc<Health>) -> Self {
+        GuardedBackend { inner, health }
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    async fn call<T, E, F>(&self, op: &'static str, timed: bool, f: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<BackendError> + Coded,
+    {
+        let permit = match self.health.breaker.try_acquire() {
+            Ok(p) => p,
+            Err(r) => {
+                metrics::counter!("tflock_backend_operations_total", "op" => op, "outcome" => "rejected").increment(1);
+                return Err(BackendError::Unavailable(format!(
+                    "circuit breaker is {}: the backend failed repeatedly; retry in {}s",
+                    r.state.as_str().replace('_', "-"),
+                    r.retry_after.as_secs().max(1)
+                ))
+                .into());
+            }
+        };
+        let start = self.health.window.as_ref().map(|_| Instant::now());
+        let r = f.await;
+        let code = r.as_ref().err().map(Coded::error_code);
+        let failed = matches!(
+            code,
+            Some(ErrorCode::BackendUnavailable | ErrorCode::Internal)
+        );
+        self.health.breaker.record(permit, !failed);
+        if let (Some(w), Some(start)) = (&self.health.window, start) {
+            let elapsed = start.elapsed();
+            if timed {
+                w.record(elapsed, failed);
+                metrics::histogram!("tflock_backend_operation_duration_seconds", "op" => op)
+                    .record(elapsed.as_secs_f64());
+            }
+            let outcome = code.map_or("ok", ErrorCode::as_str);
+            metrics::counter!("tflock_backend_operations_total", "op" => op, "outcome" => outcome)
+                .increment(1);
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl Backend for GuardedBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn try_lock(&self, request: LockRequest) -> Result<LockResponse, TryLockError> {
+        // A waiting call's duration is mostly queueing, not backend latency.
+        let timed = request.wait.is_none();
+        let r = self
+            .call("try_lock", timed, self.inner.try_lock(request))
+            .await;
+        if let Ok(resp) = &r {
+            metrics::counter!("tflock_lock_requests_total", "acquired" => if resp.acquired { "true" } else { "false" }).increment(1);
+        }
+        r
+    }
+
+    async fn unlock(
+        &self,
+        resource: &Resource,
+        lease_id: &LeaseId,
+    ) -> Result<UnlockResponse, UnlockError> {
+        self.call("unlock", true, self.inner.unlock(resource, lease_id))
+            .await
+    }
+
+    async fn force_unlock(&self, resource: &Resource) -> Result<UnlockResponse, UnlockError> {
+        self.call("force_unlock", true, self.inner.force_unlock(resource))
+            .await
+    }
+
+    async fn unlock_by_pull(
+        &self,
+        repo: &str,
+        pull: u64,
+    ) -> Result<PullUnlockResponse, UnlockError> {
+        self.call(
+            "unlock_by_pull",
+            true,
+            self.inner.unlock_by_pull(repo, pull),
+        )
+        .await
+    }
+
+    async fn refresh_lock(
+        &self,
+        resource: &Resource,
+        lease_id: &LeaseId,
+        ttl: Duration,
+    ) -> Result<Lock, RefreshError> {
+        self.call(
+            "refresh",
+            true,
+            self.inner.refresh_lock(resource, lease_id, ttl),
+        )
+        .await
+    }
+
+    async fn transfer_lock(
+        &self,
+        resource: &Resource,
+        auth: TransferAuth,
+        to: Owner,
+    ) -> Result<Lock, TransferError> {
+        self.call(
+            "transfer",
+            true,
+            self.inner.transfer_lock(resource, auth, to),
+        )
+        .await
+    }
+
+    async fn get_lock(&self, resource: &Resource) -> Result<Option<Lock>, QueryError> {
+        self.call("get_lock", true, self.inner.get_lock(resource))
+            .await
+    }
+
+    async fn list_locks(&self, filter: LockFilter) -> Result<LockPage, QueryError> {
+        self.call("list_locks", true, self.inner.list_locks(filter))
+            .await
+    }
+
+    async fn get_queue_status(&self, resource: &Resource) -> Result<QueueStatus, QueryError> {
+        self.call("queue_status", true, self.inner.get_queue_status(resource))
+            .await
+    }
+
+    async fn get_user_queue(&self, username: &str) -> Result<Vec<QueueEntryView>, QueryError> {
+        self.call("user_queue", true, self.inner.get_user_queue(username))
+            .await
+    }
+
+    async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
+        self.call(
+            "cancel_entry",
+            true,
+            self.inner.cancel_queue_entry(entry_id),
+        )
+        .await
+    }
+
+    async fn health_check(&self) -> Result<BackendHealth, BackendError> {
+        // Not behind the breaker: a check must reach the store to learn it is back.
+        self.inner.health_check().await
+    }
+
+    async fn get_metrics(&self) -> Result<BackendMetrics, BackendError> {
+        self.call("get_metrics", false, self.inner.get_metrics())
+            .await
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LockEvent> {
+        self.inner.subscribe()
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// Checks the backend every `interval` (each check bounded by `timeout`) and feeds
+/// the result to the breaker. Stops when `health` is the last reference left.
+pub fn spawn_monitor(
+    inner: SharedBackend,
+    health: Arc<Health>,
+    interval: Duration,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(&health);
+    drop(health);
+    tokio::spawn(async move {
+        loop {
+            let r = tokio::time::timeout(timeout, inner.health_check()).await;
+            let Some(health) = weak.upgrade() else { return };
+            let result = match r {
+                Ok(Ok(h)) => Ok(h),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "health check timed out after {}",
+                    humantime::format_duration(timeout)
+                )),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "backend health check failed");
+            }
+            health.record_check(result);
+            drop(health);
+            tokio::time::sleep(interval).await;
+        }
+    })
+}
