@@ -355,9 +355,15 @@ impl Inner {
             self.handoffs.fetch_add(reply.ho, Ordering::Relaxed);
         }
         let mut released = false;
+        // Nobody listening: count, but build no events.
+        let listened = self.events.receiver_count() > 0;
         for ev in reply.ev.drain(..) {
             if ev.is_expiry() {
                 self.expiries.fetch_add(1, Ordering::Relaxed);
+            }
+            if !listened {
+                released |= ev.ends_a_lease();
+                continue;
             }
             match ev.into_event() {
                 Ok(e) => {

@@ -129,6 +129,11 @@ impl RawEvent {
     pub fn is_expiry(&self) -> bool {
         self.k == "lock.expired"
     }
+
+    /// Whether a lease ended (released or expired): retry loops look again.
+    pub fn ends_a_lease(&self) -> bool {
+        self.k == "lock.released" || self.k == "lock.expired"
+    }
 }
 
 /// A lock as a script shows it (`lease` only for the holder).

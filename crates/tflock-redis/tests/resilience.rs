@@ -454,3 +454,46 @@ async fn expired_lease_is_handed_on_within_a_second_on_the_system_clock() {
         Some("next".to_string())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_of_a_waiter_whose_server_died_is_dropped_by_the_sweeper() {
+    let server = start(RedisOptions::default()).await;
+    let clock = ManualClock::starting_now();
+    let config = config_for(&server);
+    let dead = connect(config.clone(), Arc::new(clock.clone())).await;
+    let alive = connect(config, Arc::new(clock.clone())).await;
+    let r = resource("o/dead-waiter");
+    grant(&alive, LockRequest::new(r.clone(), "holder")).await;
+
+    // A waiting call that vanishes without running its drop guard, as when its
+    // process is killed: its entry stays in Redis.
+    let wait = Duration::from_secs(30);
+    let mut call = Box::pin({
+        let dead = dead.clone();
+        let req = LockRequest::new(r.clone(), "ghost").with_wait(wait);
+        async move { dead.try_lock(req).await }
+    });
+    let started = Instant::now();
+    while alive.get_queue_status(&r).await.unwrap().entries.is_empty() {
+        assert!(futures::poll!(&mut call).is_pending());
+        assert!(started.elapsed() < Duration::from_secs(10), "never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::mem::forget(call);
+    tflock_core::Backend::close(&*dead).await;
+
+    // Past its deadline the entry stays while a live waiter could still answer for
+    // itself; once the grace after it has passed, the other server's sweeper drops it.
+    clock.advance(wait + Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(alive.get_queue_status(&r).await.unwrap().entries.len(), 1);
+    clock.advance(settings().claim_timeout + Duration::from_secs(60));
+    let started = Instant::now();
+    while !alive.get_queue_status(&r).await.unwrap().entries.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the sweeper did not drop the dead waiter's entry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
