@@ -249,6 +249,15 @@ impl EmbeddedBackend {
         &self,
         f: impl FnOnce(&mut State, &Ctx) -> T,
     ) -> Result<T, BackendError> {
+        let (out, seq) = self.apply(f)?;
+        self.wait_durable(seq).await?;
+        Ok(out)
+    }
+
+    /// The in-memory half of [`Self::with_state`]: runs `f` and returns the sequence
+    /// number to wait for. Split out so a waiter can arm its drop guard before it
+    /// waits for its enqueue to be durable.
+    fn apply<T>(&self, f: impl FnOnce(&mut State, &Ctx) -> T) -> Result<(T, u64), BackendError> {
         self.check_open()?;
         let ctx = self.ctx();
         let (out, seq, next_due) = {
@@ -261,8 +270,7 @@ impl EmbeddedBackend {
         if next_due.is_some() {
             self.sweeper_wake.notify_one();
         }
-        self.wait_durable(seq).await?;
-        Ok(out)
+        Ok((out, seq))
     }
 
     async fn wait_durable(&self, seq: u64) -> Result<(), BackendError> {
@@ -293,6 +301,7 @@ impl EmbeddedBackend {
         mut wake: tokio::sync::oneshot::Receiver<WaiterWake>,
         deadline: tflock_core::Timestamp,
         req: &LockRequest,
+        enqueued_seq: u64,
     ) -> Result<LockResponse, TryLockError> {
         let mut guard = WaiterGuard {
             backend: self,
@@ -301,6 +310,9 @@ impl EmbeddedBackend {
             has_request_id: req.request_id.is_some(),
             armed: true,
         };
+        // Armed before this await: a caller that goes away while its enqueue is being
+        // written still leaves no entry behind.
+        self.wait_durable(enqueued_seq).await?;
         let woke = tokio::select! {
             w = &mut wake => w.ok(),
             _ = self.clock.sleep_until(deadline) => None,
@@ -456,9 +468,10 @@ impl Backend for EmbeddedBackend {
     async fn try_lock(&self, request: LockRequest) -> Result<LockResponse, TryLockError> {
         let req = request.validate()?;
         let ttl = self.settings.resolve_ttl(req.ttl)?;
-        let decision = self
-            .with_state(|st, ctx| st.try_lock(&req, ttl, ctx))
-            .await?;
+        let (decision, seq) = self.apply(|st, ctx| st.try_lock(&req, ttl, ctx))?;
+        if !matches!(decision, Decision::Wait { .. }) {
+            self.wait_durable(seq).await?;
+        }
         match decision {
             Decision::Answer(r) => Ok(*r),
             Decision::QueueFull => Err(TryLockError::QueueFull {
@@ -476,7 +489,7 @@ impl Backend for EmbeddedBackend {
                 wake,
                 deadline,
             } => {
-                self.wait_for_grant(key, entry_id, wake, deadline, &req)
+                self.wait_for_grant(key, entry_id, wake, deadline, &req, seq)
                     .await
             }
         }
@@ -606,7 +619,7 @@ impl Backend for EmbeddedBackend {
             st.settle(&key, ctx);
             match (st.lock(&key), &auth) {
                 (None, TransferAuth::Admin) => Err(TransferError::NotFound),
-                (None, TransferAuth::Lease(_)) => Err(TransferError::LeaseLost),
+                (None, TransferAuth::Lease(_)) => Err(TransferError::NotFound),
                 (Some(l), TransferAuth::Lease(lease)) if !l.held_by(lease) => {
                     Err(TransferError::LeaseLost)
                 }
