@@ -133,6 +133,10 @@ macro_rules! __with_cases {
             health_check_reports_healthy,
             metrics_count_locks_queue_handoffs_and_expiries,
             close_answers_waiters_and_later_calls_with_backend_unavailable,
+            // Export and import
+            export_import_round_trip_is_lossless_and_idempotent,
+            import_never_lowers_a_token,
+            import_reports_conflicts_and_dry_run_changes_nothing,
         ] }
     };
 }

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{
-    BackendError, CancelError, QueryError, RefreshError, TransferError, TryLockError, UnlockError,
+    BackendError, CancelError, ImportError, QueryError, RefreshError, TransferError, TryLockError,
+    UnlockError,
 };
 use crate::event::LockEvent;
 use crate::lease::{LeaseId, Lock};
@@ -21,6 +22,7 @@ use crate::request::{
     UnlockResponse,
 };
 use crate::resource::Resource;
+use crate::snapshot::{ImportOptions, ImportReport, Snapshot};
 use crate::time::Timestamp;
 
 /// A backend shared by the server's tasks.
@@ -118,6 +120,18 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Lock and queue counts.
     async fn get_metrics(&self) -> Result<BackendMetrics, BackendError>;
+
+    /// Everything in the store, with lease ids and last tokens (admin).
+    async fn export(&self) -> Result<Snapshot, BackendError>;
+
+    /// Installs a snapshot (admin): leases whose resource is free, queue entries not
+    /// yet present, token counters raised to at least the snapshot's. Never lowers a
+    /// token; a lock whose token the store already passed gets a new, higher one.
+    async fn import(
+        &self,
+        snapshot: Snapshot,
+        options: ImportOptions,
+    ) -> Result<ImportReport, ImportError>;
 
     /// A stream of every event from now on. A slow subscriber misses events
     /// (`RecvError::Lagged`) rather than slowing lock operations.

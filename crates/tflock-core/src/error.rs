@@ -183,6 +183,14 @@ operation_error! {
 }
 
 operation_error! {
+    /// Errors of Import.
+    ImportError {
+        #[error("snapshot format version {found} is not one this tflock reads")]
+        Version { found: u32 } => InvalidRequest,
+    }
+}
+
+operation_error! {
     /// Errors of read-only operations (GetLock, ListLocks, queue status, user queue).
     QueryError {}
 }

@@ -17,6 +17,7 @@
 //! - [`error`]: one error type per operation plus the stable [`ErrorCode`]s.
 //! - [`clock`]: the injectable clock, so TTL and starvation tests never sleep.
 //! - [`settings`]: the contract's tunables ([`LockSettings`]).
+//! - [`snapshot`]: a whole store's content for export and import.
 //! - [`backend`]: the async [`Backend`] trait every store implements.
 //! - [`time`]: [`Timestamp`] (microseconds since the Unix epoch, RFC 3339 on the wire).
 
@@ -31,13 +32,14 @@ pub mod queue;
 pub mod request;
 pub mod resource;
 pub mod settings;
+pub mod snapshot;
 pub mod time;
 
 pub use backend::{Backend, BackendHealth, BackendMetrics, SharedBackend};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{
-    BackendError, CancelError, Error, ErrorCode, InvalidRequest, QueryError, RefreshError,
-    TransferError, TryLockError, UnlockError,
+    BackendError, CancelError, Error, ErrorCode, ImportError, InvalidRequest, QueryError,
+    RefreshError, TransferError, TryLockError, UnlockError,
 };
 pub use event::{EventKind, LockEvent};
 pub use lease::{FencingToken, LeaseId, Lock};
@@ -50,6 +52,7 @@ pub use request::{
 };
 pub use resource::Resource;
 pub use settings::LockSettings;
+pub use snapshot::{ImportOptions, ImportReport, ResourceSnapshot, Snapshot};
 pub use time::Timestamp;
 
 /// Random bytes as lower-case hex; used for lease ids and entry ids.

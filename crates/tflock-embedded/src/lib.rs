@@ -761,6 +761,31 @@ impl Backend for EmbeddedBackend {
         })
     }
 
+    async fn export(&self) -> Result<tflock_core::Snapshot, BackendError> {
+        self.with_state(|st, ctx| tflock_core::Snapshot {
+            version: tflock_core::snapshot::SNAPSHOT_VERSION,
+            exported_at: ctx.now,
+            backend: "embedded".into(),
+            resources: st.export(ctx.now),
+        })
+        .await
+    }
+
+    async fn import(
+        &self,
+        snapshot: tflock_core::Snapshot,
+        options: tflock_core::ImportOptions,
+    ) -> Result<tflock_core::ImportReport, tflock_core::ImportError> {
+        if snapshot.version != tflock_core::snapshot::SNAPSHOT_VERSION {
+            return Err(tflock_core::ImportError::Version {
+                found: snapshot.version,
+            });
+        }
+        Ok(self
+            .with_state(|st, ctx| st.import(&snapshot, options, ctx))
+            .await??)
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<LockEvent> {
         self.shared.events.subscribe()
     }

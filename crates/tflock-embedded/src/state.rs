@@ -885,3 +885,157 @@ impl State {
         self.entry_index.len() as u64
     }
 }
+
+impl State {
+    /// Everything, for `locks export`: every resource with a row or a token.
+    pub fn export(&self, now: Timestamp) -> Vec<tflock_core::ResourceSnapshot> {
+        let mut keys: BTreeSet<&String> = self.resources.keys().collect();
+        keys.extend(self.tokens.keys());
+        keys.into_iter()
+            .filter_map(|key| {
+                let rec = self.resources.get(key);
+                let resource = rec
+                    .map(|r| r.resource.clone())
+                    .or_else(|| Resource::from_storage_key(key))?;
+                Some(tflock_core::ResourceSnapshot {
+                    resource,
+                    lock: rec
+                        .and_then(|r| r.lock.as_ref())
+                        .map(|l| l.lock.clone())
+                        .filter(|l| !l.expired_at(now)),
+                    queue: rec.map(|r| r.queue.clone()).unwrap_or_default(),
+                    last_token: self.tokens.get(key).copied().unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Installs a snapshot (see [`tflock_core::Backend::import`]). With
+    /// `options.dry_run` only counts.
+    pub fn import(
+        &mut self,
+        snapshot: &tflock_core::Snapshot,
+        options: tflock_core::ImportOptions,
+        ctx: &Ctx,
+    ) -> Result<tflock_core::ImportReport, tflock_core::InvalidRequest> {
+        let mut report = tflock_core::ImportReport {
+            dry_run: options.dry_run,
+            ..Default::default()
+        };
+        // Check everything first: a bad snapshot changes nothing.
+        let mut checked = Vec::with_capacity(snapshot.resources.len());
+        for (i, rs) in snapshot.resources.iter().enumerate() {
+            let resource = rs
+                .resource
+                .clone()
+                .validate(&format!("resources[{i}].resource"))?;
+            checked.push((resource, rs));
+        }
+        let apply = !options.dry_run;
+        for (resource, rs) in checked {
+            let key = resource.storage_key();
+            if apply {
+                self.settle(&key, ctx);
+            }
+            let before = self.tokens.get(&key).copied().unwrap_or(0);
+            let mut counter = before.max(rs.last_token);
+            if let Some(l) = &rs.lock {
+                let current = self.lock(&key).cloned();
+                if l.expired_at(ctx.now) {
+                    report.expired += 1;
+                } else if current
+                    .as_ref()
+                    .is_some_and(|c| c.lease_id.is_some() && c.lease_id == l.lease_id)
+                {
+                    report.unchanged += 1;
+                } else if current.is_some() && !options.overwrite {
+                    report.conflicts.push(resource.clone());
+                } else {
+                    let mut lock = l.clone();
+                    lock.resource = resource.clone();
+                    lock.key = resource.lock_key();
+                    lock.claim_pending = false;
+                    if lock.lease_id.is_none() {
+                        lock.lease_id = Some(LeaseId::generate());
+                    }
+                    if lock.fencing_token.0 <= before {
+                        counter += 1;
+                        lock.fencing_token = FencingToken(counter);
+                        report.retokened += 1;
+                    }
+                    counter = counter.max(lock.fencing_token.0);
+                    report.imported += 1;
+                    if apply {
+                        let owner = lock.owner.owner.clone();
+                        let token = lock.fencing_token;
+                        let rec =
+                            self.resources
+                                .entry(key.clone())
+                                .or_insert_with(|| ResourceRecord {
+                                    resource: resource.clone(),
+                                    lock: None,
+                                    queue: Vec::new(),
+                                });
+                        rec.lock = Some(LockRecord {
+                            lock,
+                            entry_id: None,
+                            request_id: None,
+                        });
+                        self.emit(
+                            EventKind::LockAcquired,
+                            &resource,
+                            &owner,
+                            Some(token),
+                            None,
+                            ctx.now,
+                        );
+                        self.touch(&key);
+                    }
+                }
+            }
+            for e in &rs.queue {
+                // Waiters were live calls of the exporting process: they cannot be
+                // carried over. Reservations are.
+                if e.kind != EntryKind::Reservation
+                    || self.entry_index.contains_key(&e.entry_id)
+                    || e.deadline <= ctx.now
+                {
+                    continue;
+                }
+                report.queued += 1;
+                if apply {
+                    let mut e = e.clone();
+                    e.resource = resource.clone();
+                    let rec = self
+                        .resources
+                        .entry(key.clone())
+                        .or_insert_with(|| ResourceRecord {
+                            resource: resource.clone(),
+                            lock: None,
+                            queue: Vec::new(),
+                        });
+                    rec.queue.push(e.clone());
+                    self.entry_index.insert(e.entry_id.clone(), key.clone());
+                    self.emit(
+                        EventKind::QueueEntered,
+                        &resource,
+                        &e.owner.owner,
+                        None,
+                        Some(&e.entry_id),
+                        ctx.now,
+                    );
+                    self.touch(&key);
+                }
+            }
+            if apply {
+                if counter > before {
+                    self.tokens.insert(key.clone(), counter);
+                    self.dirty_tokens.insert(key.clone());
+                    self.seq += 1;
+                }
+                self.settle(&key, ctx);
+            }
+        }
+        Ok(report)
+    }
+}

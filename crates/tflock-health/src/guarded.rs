@@ -183,7 +183,8 @@ coded!(
     RefreshError,
     TransferError,
     CancelError,
-    QueryError
+    QueryError,
+    tflock_core::ImportError
 );
 
 impl Coded for BackendError {
@@ -356,6 +357,19 @@ impl Backend for GuardedBackend {
 
     async fn get_metrics(&self) -> Result<BackendMetrics, BackendError> {
         self.call("get_metrics", false, self.inner.get_metrics())
+            .await
+    }
+
+    async fn export(&self) -> Result<tflock_core::Snapshot, BackendError> {
+        self.call("export", false, self.inner.export()).await
+    }
+
+    async fn import(
+        &self,
+        snapshot: tflock_core::Snapshot,
+        options: tflock_core::ImportOptions,
+    ) -> Result<tflock_core::ImportReport, tflock_core::ImportError> {
+        self.call("import", false, self.inner.import(snapshot, options))
             .await
     }
 
