@@ -24,6 +24,13 @@ pub trait Clock: Send + Sync + Debug + 'static {
     fn now(&self) -> Timestamp;
     /// A future that completes once [`Clock::now`] has reached `deadline`.
     fn sleep_until(&self, deadline: Timestamp) -> Sleep;
+
+    /// Whether this is the operating system's clock. A store with a clock of its own
+    /// (Redis's `TIME`) uses its own time then; any other clock (a test's manual
+    /// clock) is passed to it as the time to use.
+    fn is_system(&self) -> bool {
+        false
+    }
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -33,6 +40,10 @@ pub type SharedClock = Arc<dyn Clock>;
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    fn is_system(&self) -> bool {
+        true
+    }
+
     fn now(&self) -> Timestamp {
         Timestamp::from_system_time(SystemTime::now())
     }
