@@ -242,3 +242,22 @@ fn schema_is_generated_and_covers_the_spec_schema() {
         assert!(text.contains(variant));
     }
 }
+
+#[test]
+fn every_key_is_in_the_configuration_reference() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/configuration.md"
+    ))
+    .unwrap();
+    for (key, _) in tflock_config::load::leaf_keys() {
+        assert!(
+            doc.contains(&format!("`{key}`")),
+            "docs/configuration.md does not document {key}"
+        );
+        assert!(
+            doc.contains(&tflock_config::load::env_name_of(&key)),
+            "docs/configuration.md lacks the variable of {key}"
+        );
+    }
+}
