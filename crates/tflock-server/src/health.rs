@@ -17,8 +17,10 @@ use crate::error::{ApiError, RETRY_AFTER_SECS};
 use crate::metrics::Performance;
 use crate::state::AppState;
 
-/// Longest a health probe waits for the backend.
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a health probe waits for the backend: a healthy store answers in
+/// milliseconds, and orchestrators give up on a probe after a few seconds (Kubernetes:
+/// 1s by default), so a slower answer is already a failure.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn bounded<T>(f: impl Future<Output = Result<T, BackendError>>) -> Result<T, BackendError> {
     match tokio::time::timeout(CHECK_TIMEOUT, f).await {
