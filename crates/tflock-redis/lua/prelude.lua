@@ -41,6 +41,7 @@ local function fmt(n) return string.format('%.0f', n) end
 local K_DUE = P .. 'due'            -- zset: storage key -> lease expiry
 local K_EDL = P .. 'edl'            -- zset: entry id -> when the sweeper drops it
 local K_IDX = P .. 'idx'            -- zset (score 0): storage keys with a lock or a queue
+local K_TIDX = P .. 'tidx'          -- zset (score 0): storage keys with a token counter
 local K_EIDX = P .. 'eidx'          -- hash: entry id -> storage key
 local K_ANS = P .. 'answers'        -- hash: owner SEP request_id -> answer JSON
 local K_ANSDUE = P .. 'answers_due' -- zset: answer key -> when it is forgotten
@@ -169,6 +170,7 @@ end
 -- lasts now: the claim window for a waiter, else its ttl. Returns the lock table.
 local function grant(sk, who, ttl, hold, entry, rid)
   local token = redis.call('INCR', k_token(sk))
+  redis.call('ZADD', K_TIDX, 0, sk)
   local l = {
     owner = who.owner, user = who.user or '', pull = who.pull or '', meta = who.meta,
     prio = tostring(who.prio), lease = new_id(32), token = fmt(token),

@@ -19,6 +19,7 @@ if not l then return reply({ r = 'nf' }) end
 if lease ~= '' and l.lease ~= lease then return reply({ r = 'lost' }) end
 if l.entry ~= '' then redis.call('DEL', k_wake(l.entry)) end
 local token = redis.call('INCR', k_token(sk))
+redis.call('ZADD', K_TIDX, 0, sk)
 l.owner, l.user, l.pull, l.meta = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 l.token = fmt(token)
 l.lease = new_id(32)

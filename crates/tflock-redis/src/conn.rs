@@ -17,12 +17,15 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind,
     IntoConnectionInfo, RedisConnectionInfo, RedisError, ServerErrorKind, TlsCertificates, Value,
 };
 use tflock_core::BackendError;
+use tokio::sync::watch;
 use tokio::time::timeout;
 
 use crate::config::{AuthMethod, ConnectError, RedisConfig, parse_address};
@@ -108,6 +111,10 @@ pub struct Connector {
     attempts: AtomicU64,
     last_failure: Mutex<Option<RedisError>>,
     pool: Mutex<Vec<Blocking>>,
+    /// Standalone and Sentinel: the newest connection generation found dead. A
+    /// waiter's BLPOP on that node gives up as soon as any call notices (a hung server
+    /// answers nobody, and a BLPOP alone could only tell after its own block time).
+    dead: watch::Sender<u64>,
 }
 
 /// A failed call: why, and whether Redis said something we must act on.
@@ -161,6 +168,11 @@ fn classify(e: RedisError) -> CallError {
     } else {
         CallError::Backend(BackendError::Unavailable(format!("redis: {msg}")))
     }
+}
+
+/// A failed (re)connect: the store cannot be used now.
+fn no_connection(e: RedisError) -> CallError {
+    unavailable(format!("redis: cannot connect: {e}"))
 }
 
 fn unavailable(msg: impl Into<String>) -> CallError {
@@ -284,6 +296,7 @@ impl Connector {
             attempts: AtomicU64::new(0),
             last_failure: Mutex::new(None),
             pool: Mutex::new(Vec::new()),
+            dead: watch::channel(0).0,
         })
     }
 
@@ -526,6 +539,14 @@ impl Connector {
         if cur.as_ref().is_some_and(|c| c.generation == generation) {
             *cur = None;
         }
+        drop(cur);
+        self.dead.send_if_modified(|d| {
+            let newer = *d < generation;
+            if newer {
+                *d = generation;
+            }
+            newer
+        });
     }
 
     /// A cluster connection reconnects its nodes by itself, but keeps sending a dead
@@ -604,13 +625,69 @@ impl Connector {
         .await
         {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(classify(e)),
+            Ok(Err(e)) => return Err(no_connection(e)),
             Err(_) => return Err(unavailable("redis: no connection in time")),
         };
         match timeout(self.read_timeout, cur.conn.query::<T>(cmd)).await {
             Ok(Ok(v)) => {
                 self.succeeded();
                 Ok((v, cur.generation))
+            }
+            Ok(Err(e)) => {
+                if needs_reconnect(&e) {
+                    self.invalidate(cur.generation);
+                }
+                Err(classify(e))
+            }
+            Err(_) => {
+                self.invalidate(cur.generation);
+                Err(unavailable(format!(
+                    "redis: no reply within read_timeout ({:?})",
+                    self.read_timeout
+                )))
+            }
+        }
+    }
+
+    /// Sends one command to every node that holds data: the node of the script
+    /// connection (standalone, Sentinel's primary), or every cluster primary. Returns
+    /// each node's address with its reply or the error it answered; a connection
+    /// problem (unreachable, no reply within read_timeout) fails the whole call.
+    pub async fn call_nodes(&self, cmd: &Cmd) -> Result<Vec<(String, NodeReply)>, CallError> {
+        let mut cur = match timeout(
+            self.connect_timeout * (self.max_retries + 1) + self.read_timeout,
+            self.get(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(no_connection(e)),
+            Err(_) => return Err(unavailable("redis: no connection in time")),
+        };
+        let node = cur
+            .client
+            .as_ref()
+            .map(|c| c.get_connection_info().addr().to_string())
+            .unwrap_or_default();
+        let reply = match &mut cur.conn {
+            Conn::Single(c) => timeout(self.read_timeout, cmd.query_async::<Value>(c))
+                .await
+                .map(|r| match r {
+                    Ok(v) => Ok(vec![(node, node_reply(v))]),
+                    Err(e) if !needs_reconnect(&e) => Ok(vec![(node, Err(e.to_string()))]),
+                    Err(e) => Err(e),
+                }),
+            Conn::Cluster(c) => {
+                let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                timeout(self.read_timeout, c.route_command(cmd.clone(), route))
+                    .await
+                    .map(|r| r.map(per_node))
+            }
+        };
+        match reply {
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Ok(v)
             }
             Ok(Err(e)) => {
                 if needs_reconnect(&e) {
@@ -754,12 +831,19 @@ impl Connector {
         let mut b = self.take_blocking().await?;
         let mut cmd = redis::cmd("BLPOP");
         cmd.arg(key).arg(BLOCK.as_secs_f64());
-        match timeout(
-            BLOCK + self.read_timeout,
-            b.conn.query::<Option<(String, String)>>(&cmd),
-        )
-        .await
-        {
+        let generation = b.generation;
+        let mut dead = self.dead.subscribe();
+        let reply = tokio::select! {
+            r = timeout(BLOCK + self.read_timeout, b.conn.query::<Option<(String, String)>>(&cmd)) => r,
+            // Another call found this node dead (cluster connections never signal
+            // here: one failing node must not end the waiters of the others).
+            _ = dead.wait_for(|d| *d >= generation) => {
+                return Err(BackendError::Unavailable(
+                    "redis: the connection failed while waiting".into(),
+                ));
+            }
+        };
+        match reply {
             Ok(Ok(v)) => {
                 let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
                 if pool.len() < self.pool_size {
@@ -780,6 +864,34 @@ impl Connector {
                 ))
             }
         }
+    }
+}
+
+/// One node's answer to [`Connector::call_nodes`]: its reply, or the error it
+/// answered (e.g. `NOPERM` for a user without the command).
+pub type NodeReply = Result<Value, String>;
+
+/// A cluster's multi-node reply (a map of node address to reply) as a list.
+fn per_node(v: Value) -> Vec<(String, NodeReply)> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
+    };
+    match v {
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(k, v)| (text(&k), node_reply(v)))
+            .collect(),
+        other => vec![(String::new(), node_reply(other))],
+    }
+}
+
+/// An error reply is the node's refusal, not a value.
+fn node_reply(v: Value) -> NodeReply {
+    match v {
+        Value::ServerError(e) => Err(format!("{e:?}")),
+        v => Ok(v),
     }
 }
 

@@ -14,14 +14,16 @@
 //! - [`config`]: [`RedisConfig`] and [`ConnectError`].
 //! - this file: [`RedisBackend`], the [`Backend`] implementation: validation, the
 //!   waiter's blocking call and its drop guard, the retry loop without a queue, the
-//!   sweeper task, event publishing, `min_replicas_ack`.
+//!   sweeper task, event publishing, `min_replicas_ack`, export and import (checking
+//!   a snapshot before the first write), the health check's server details.
 //!
 //! # Time
 //!
 //! Expiry is decided inside the scripts on Redis's `TIME`. When the backend is given
-//! a clock other than [`tflock_core::SystemClock`] (the conformance suite's
-//! `ManualClock`), that clock is the time source instead: its instant is sent as the
-//! scripts' `now`, so tests move time without sleeping and see exact instants.
+//! a clock that is not the system clock ([`tflock_core::Clock::is_system`] false, e.g.
+//! the conformance suite's `ManualClock`), that clock is the time source instead: its
+//! instant is sent as the scripts' `now`, so tests move time without sleeping and see
+//! exact instants.
 
 pub mod config;
 pub mod conn;
@@ -36,22 +38,26 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::join_all;
+use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value as Json, json};
 use tflock_core::{
-    Backend, BackendError, BackendHealth, BackendMetrics, CancelError, InvalidRequest, LeaseId,
-    Lock, LockEvent, LockFilter, LockPage, LockRequest, LockResponse, LockSettings,
-    NotAcquiredReason, Owner, PullUnlockResponse, QueryError, QueueEntryView, QueueStatus,
-    RefreshError, Resource, SharedClock, Timestamp, TransferAuth, TransferError, TryLockError,
-    UnlockError, UnlockResponse,
+    Backend, BackendError, BackendHealth, BackendMetrics, CancelError, EntryKind, ImportError,
+    ImportOptions, ImportReport, InvalidRequest, LeaseId, Lock, LockEvent, LockFilter, LockPage,
+    LockRequest, LockResponse, LockSettings, NotAcquiredReason, Owner, PullUnlockResponse,
+    QueryError, QueueEntry, QueueEntryView, QueueStatus, RefreshError, Resource, ResourceSnapshot,
+    SharedClock, Snapshot, Timestamp, TransferAuth, TransferError, TryLockError, UnlockError,
+    UnlockResponse,
 };
 use tokio::sync::{Notify, broadcast, watch};
 
 pub use crate::config::{AuthMethod, ConnectError, RedisConfig, SentinelConfig};
-use crate::conn::Connector;
+use crate::conn::{Connector, NodeReply};
 use crate::keys::{BUCKETS, bucket_of, bucket_of_entry, bucket_prefixes};
 use crate::reply::{
-    CancelReply, ListReply, LockReply, PullReply, QueueReply, RawLock, Reply, StatsReply,
-    StatusReply, SweepReply, TryLockReply, UnlockReply, UserQueueReply, decode,
+    CancelReply, ExportReply, ImportReply, ListReply, LockReply, PullReply, QueueReply,
+    RawExported, RawLock, Reply, StatsReply, StatusReply, SweepReply, TryLockReply, UnlockReply,
+    UserQueueReply, decode,
 };
 use crate::scripts::{Script, Scripts};
 
@@ -62,6 +68,12 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const SWEEP_LIMIT: &str = "500";
 /// Most index members one list call scans per bucket (bounds script time).
 const LIST_SCAN: &str = "2000";
+/// Most resources one export call returns per bucket (bounds script time).
+const EXPORT_PAGE: &str = "200";
+/// Import scripts in flight at once (one per resource, pipelined).
+const IMPORT_CONCURRENCY: usize = 32;
+/// Lua numbers are doubles: integers from 2^53 on are not kept exactly.
+const LUA_EXACT: u64 = 1 << 53;
 
 /// What the operations, the waiters' guards and the sweeper share.
 struct Inner {
@@ -172,7 +184,7 @@ impl RedisBackend {
             .await
             .map_err(|e| describe_connect_error(&config, &e))?;
 
-        let system_clock = format!("{clock:?}").starts_with("SystemClock");
+        let system_clock = clock.is_system();
         let mut description = serde_json::Map::new();
         description.insert("mode".into(), conn.mode().into());
         description.insert("key_prefix".into(), config.key_prefix.clone().into());
@@ -488,6 +500,37 @@ impl Inner {
         }
     }
 
+    /// [`Inner::abandon`] for a waiter whose call ended without its entry being
+    /// settled (dropped, or failed while Redis was unreachable), retried while Redis
+    /// cannot be reached: once Redis is back the entry goes at once, instead of being
+    /// handed a grant that nobody confirms. Gives up at close, or after the grace
+    /// after which the sweeper drops such an entry anyway.
+    async fn abandon_retrying(&self, bucket: usize, sk: &str, entry_id: &str, has_rid: bool) {
+        let args = [sk, entry_id, if has_rid { "1" } else { "0" }];
+        let give_up = Instant::now() + self.settings.claim_timeout + Duration::from_secs(60);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self
+                .run::<StatusReply>(&self.scripts.abandon, bucket, &args, true)
+                .await
+            {
+                Ok(_) => return,
+                Err(BackendError::Unavailable(e))
+                    if !self.is_closed() && Instant::now() + backoff < give_up =>
+                {
+                    tracing::debug!("removing an abandoned waiter's entry failed, retrying: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    // The entry stays until the sweeper drops it after its deadline.
+                    tracing::warn!("removing an abandoned waiter's entry failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
     /// One sweep of every bucket; returns the earliest due time left, the scripts'
     /// clock, and whether a bucket had more than one call may handle.
     async fn sweep_all(&self) -> (Option<Timestamp>, Timestamp, bool) {
@@ -586,7 +629,7 @@ impl Drop for WaiterGuard {
         let (bucket, has_rid) = (self.bucket, self.has_request_id);
         let sk = std::mem::take(&mut self.sk);
         let id = std::mem::take(&mut self.entry_id);
-        rt.spawn(async move { inner.abandon(bucket, &sk, &id, has_rid).await });
+        rt.spawn(async move { inner.abandon_retrying(bucket, &sk, &id, has_rid).await });
     }
 }
 
@@ -1063,33 +1106,78 @@ impl Backend for RedisBackend {
     async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
         let inner = &self.inner;
         inner.check_open()?;
-        let Some(bucket) = bucket_of_entry(entry_id) else {
+        if entry_id.is_empty() {
             return Err(CancelError::NotFound);
-        };
-        let r = inner
-            .run::<CancelReply>(&inner.scripts.cancel, bucket, &[entry_id], true)
-            .await?;
-        match (r.body.r.as_str(), r.body.entry) {
-            ("ok", Some(e)) => Ok(e.into_view()?),
-            _ => Err(CancelError::NotFound),
+        }
+        let own = bucket_of_entry(entry_id);
+        if let Some(bucket) = own
+            && let Some(view) = inner.cancel_in(bucket, entry_id).await?
+        {
+            return Ok(view);
+        }
+        // An entry imported from another store keeps its id, whose first digits need
+        // not name its bucket: look in the others.
+        let others = join_all(
+            (0..BUCKETS)
+                .filter(|b| Some(*b) != own)
+                .map(|b| inner.cancel_in(b, entry_id)),
+        )
+        .await;
+        let mut failed = None;
+        for r in others {
+            match r {
+                Ok(Some(view)) => return Ok(view),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Err(CancelError::NotFound),
         }
     }
 
     async fn health_check(&self) -> Result<BackendHealth, BackendError> {
         let inner = &self.inner;
         inner.check_open()?;
+        let conn = &inner.conn;
+        let cluster = conn.mode() == "cluster";
+        // Sent together on the multiplexed connection, so the whole check takes one
+        // round trip and is bounded by read_timeout (each call is).
         let started = Instant::now();
-        let (pong, _) = inner
-            .conn
-            .call::<String>(&redis::cmd("PING"))
-            .await
-            .map_err(BackendError::from)?;
-        let response_time = started.elapsed();
+        let ping = async {
+            let r = conn.call::<String>(&redis::cmd("PING")).await;
+            (r, started.elapsed())
+        };
+        let (info_cmd, mut slowlog_cmd, mut cluster_cmd) = (
+            redis::cmd("INFO"),
+            redis::cmd("SLOWLOG"),
+            redis::cmd("CLUSTER"),
+        );
+        slowlog_cmd.arg("LEN");
+        cluster_cmd.arg("INFO");
+        let info = conn.call_nodes(&info_cmd);
+        let slowlog = conn.call_nodes(&slowlog_cmd);
+        let cluster_info = async {
+            if cluster {
+                Some(conn.call_nodes(&cluster_cmd).await)
+            } else {
+                None
+            }
+        };
+        let ((pong, response_time), info, slowlog, cluster_info) =
+            tokio::join!(ping, info, slowlog, cluster_info);
+        let (pong, _) = pong.map_err(BackendError::from)?;
+        let info = info.map_err(BackendError::from)?;
+        let slowlog = slowlog.map_err(BackendError::from)?;
+        let cluster_info = cluster_info.transpose().map_err(BackendError::from)?;
+
         let mut details = inner.description.clone();
         details.insert("ping".into(), pong.into());
+        let healthy = server_details(&mut details, info, slowlog, cluster_info);
         Ok(BackendHealth {
             backend: "redis".into(),
-            healthy: true,
+            healthy,
             response_time,
             checked_at: inner.clock.now(),
             details,
@@ -1110,12 +1198,399 @@ impl Backend for RedisBackend {
         })
     }
 
+    async fn export(&self) -> Result<Snapshot, BackendError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let buckets = join_all((0..BUCKETS).map(|b| inner.export_bucket(b))).await;
+        let mut items: Vec<RawExported> = Vec::new();
+        let mut now = 0;
+        for r in buckets {
+            let (bucket_items, bucket_now) = r?;
+            items.extend(bucket_items);
+            now = now.max(bucket_now);
+        }
+        items.sort_by(|a, b| a.sk.cmp(&b.sk));
+        Ok(Snapshot {
+            version: tflock_core::snapshot::SNAPSHOT_VERSION,
+            exported_at: Timestamp(now),
+            backend: "redis".into(),
+            resources: items
+                .into_iter()
+                .map(RawExported::into_snapshot)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    async fn import(
+        &self,
+        snapshot: Snapshot,
+        options: ImportOptions,
+    ) -> Result<ImportReport, ImportError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        if snapshot.version != tflock_core::snapshot::SNAPSHOT_VERSION {
+            return Err(ImportError::Version {
+                found: snapshot.version,
+            });
+        }
+        // Check everything first: a bad snapshot changes nothing.
+        let plans = snapshot
+            .resources
+            .iter()
+            .enumerate()
+            .map(|(i, rs)| ImportPlan::new(i, rs))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dry = if options.dry_run { "1" } else { "0" };
+        let overwrite = if options.overwrite { "1" } else { "0" };
+        // One script per resource, many in flight; a snapshot naming a resource twice
+        // is applied in order, one at a time, as the embedded store would.
+        let mut keys = std::collections::HashSet::new();
+        let unique = plans.iter().all(|p| keys.insert(p.sk.as_str()));
+        let calls: Vec<_> = plans
+            .iter()
+            .map(|p| inner.import_one(p, dry, overwrite))
+            .collect();
+        let replies: Vec<Reply<ImportReply>> = futures::stream::iter(calls)
+            .buffered(if unique { IMPORT_CONCURRENCY } else { 1 })
+            .try_collect()
+            .await?;
+        let mut report = ImportReport {
+            dry_run: options.dry_run,
+            ..ImportReport::default()
+        };
+        for (p, r) in plans.into_iter().zip(replies) {
+            let r = r.body;
+            report.imported += r.imported;
+            report.unchanged += r.unchanged;
+            report.expired += r.expired;
+            report.queued += r.queued;
+            report.retokened += r.retokened;
+            if r.conflict {
+                report.conflicts.push(p.resource);
+            }
+        }
+        Ok(report)
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<LockEvent> {
         self.inner.events.subscribe()
     }
 
     async fn close(&self) {
         self.inner.closed.send_replace(true);
+    }
+}
+
+impl Inner {
+    /// Cancels entry `entry_id` if bucket `bucket` holds it.
+    async fn cancel_in(
+        &self,
+        bucket: usize,
+        entry_id: &str,
+    ) -> Result<Option<QueueEntryView>, BackendError> {
+        let r = self
+            .run::<CancelReply>(&self.scripts.cancel, bucket, &[entry_id], true)
+            .await?;
+        match (r.body.r.as_str(), r.body.entry) {
+            ("ok", Some(e)) => Ok(Some(e.into_view()?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs `import.lua` for one resource.
+    async fn import_one(
+        &self,
+        p: &ImportPlan,
+        dry: &str,
+        overwrite: &str,
+    ) -> Result<Reply<ImportReply>, BackendError> {
+        let args = [p.sk.as_str(), dry, overwrite, &p.last, &p.lock, &p.entries];
+        self.run(&self.scripts.import, bucket_of(&p.sk), &args, true)
+            .await
+    }
+
+    /// Every resource of one bucket, page by page, and the scripts' latest clock.
+    async fn export_bucket(&self, bucket: usize) -> Result<(Vec<RawExported>, u64), BackendError> {
+        let mut after = String::new();
+        let mut out = Vec::new();
+        let mut now = 0;
+        loop {
+            let r = self
+                .run::<ExportReply>(&self.scripts.export, bucket, &[&after, EXPORT_PAGE], false)
+                .await?;
+            now = now.max(r.now.0);
+            let body = r.body;
+            if let Some(last) = body.items.last() {
+                after = last.sk.clone();
+            }
+            let empty = body.items.is_empty();
+            out.extend(body.items);
+            if body.done || empty {
+                return Ok((out, now));
+            }
+        }
+    }
+}
+
+/// One resource of a snapshot, checked and encoded for `import.lua`.
+struct ImportPlan {
+    resource: Resource,
+    sk: String,
+    last: String,
+    /// The lock's fields as JSON, or empty.
+    lock: String,
+    /// The reservations as a JSON list of stored entries.
+    entries: String,
+}
+
+/// A number the scripts keep exactly, as a string.
+fn exact(v: u64, field: impl FnOnce() -> String) -> Result<String, InvalidRequest> {
+    if v >= LUA_EXACT {
+        return Err(InvalidRequest::new(
+            field(),
+            format!("{v} is not below 2^53, the largest integer the Redis backend keeps exact"),
+        ));
+    }
+    Ok(v.to_string())
+}
+
+fn exact_us(d: Duration, field: impl FnOnce() -> String) -> Result<String, InvalidRequest> {
+    exact(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), field)
+}
+
+/// An owner checked as a request's would be (credentials stripped from URLs), as the
+/// stored fields: owner, username, pull number, metadata JSON.
+fn import_owner(owner: &Owner, field: &str) -> Result<Json, InvalidRequest> {
+    let owner = owner.clone().validate(field)?;
+    let meta = serde_json::to_string(&owner)
+        .map_err(|e| InvalidRequest::new(field, format!("cannot be encoded: {e}")))?;
+    let pull = owner
+        .pull
+        .as_ref()
+        .map(|p| p.num.to_string())
+        .unwrap_or_default();
+    let fields = json!({
+        "owner": owner.owner,
+        "user": owner.username().unwrap_or(""),
+        "pull": pull,
+        "meta": meta,
+    });
+    Ok(fields)
+}
+
+impl ImportPlan {
+    /// Checks resource `i` of a snapshot; errors name the field
+    /// (`resources[3].lock.owner`).
+    fn new(i: usize, rs: &ResourceSnapshot) -> Result<ImportPlan, InvalidRequest> {
+        let at = format!("resources[{i}]");
+        let resource = rs.resource.clone().validate(&format!("{at}.resource"))?;
+        let sk = resource.storage_key();
+        let last = exact(rs.last_token, || format!("{at}.last_token"))?;
+        let lock = match &rs.lock {
+            None => String::new(),
+            Some(l) => {
+                let f = format!("{at}.lock");
+                let mut fields = import_owner(&l.owner, &f)?;
+                let lease = l.lease_id.as_ref().map(|x| x.as_str()).unwrap_or("");
+                if lease.len() > 255 || lease.chars().any(char::is_control) {
+                    return Err(InvalidRequest::new(
+                        format!("{f}.lease_id"),
+                        "is longer than 255 bytes or holds a control character",
+                    ));
+                }
+                let extra = [
+                    ("prio", l.priority.rank().to_string()),
+                    ("lease", lease.to_string()),
+                    (
+                        "token",
+                        exact(l.fencing_token.0, || format!("{f}.fencing_token"))?,
+                    ),
+                    (
+                        "acquired",
+                        exact(l.acquired_at.as_micros(), || format!("{f}.acquired_at"))?,
+                    ),
+                    (
+                        "expires",
+                        exact(l.expires_at.as_micros(), || format!("{f}.expires_at"))?,
+                    ),
+                    ("ttl", exact_us(l.ttl, || format!("{f}.ttl"))?),
+                ];
+                for (k, v) in extra {
+                    fields[k] = v.into();
+                }
+                fields.to_string()
+            }
+        };
+        // Waiters were live calls of the exporting process: they cannot be carried
+        // over. Reservations are.
+        let entries = rs
+            .queue
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == EntryKind::Reservation)
+            .map(|(j, e)| import_entry(e, &format!("{at}.queue[{j}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ImportPlan {
+            resource,
+            sk,
+            last,
+            lock,
+            entries: Json::Array(entries).to_string(),
+        })
+    }
+}
+
+/// A reservation as `entries:<sk>` stores it.
+fn import_entry(e: &QueueEntry, f: &str) -> Result<Json, InvalidRequest> {
+    let id = &e.entry_id;
+    if id.is_empty() || id.len() > 255 || id.chars().any(|c| c.is_control()) {
+        return Err(InvalidRequest::new(
+            format!("{f}.entry_id"),
+            "must be 1 to 255 bytes without control characters",
+        ));
+    }
+    let mut fields = import_owner(&e.owner, f)?;
+    let extra = [
+        ("id", id.clone()),
+        ("kind", "r".to_string()),
+        ("prio", e.priority.rank().to_string()),
+        (
+            "enq",
+            exact(e.enqueued_at.as_micros(), || format!("{f}.enqueued_at"))?,
+        ),
+        (
+            "dl",
+            exact(e.deadline.as_micros(), || format!("{f}.deadline"))?,
+        ),
+        ("ttl", exact_us(e.ttl, || format!("{f}.ttl"))?),
+        ("rid", e.request_id.clone().unwrap_or_default()),
+    ];
+    for (k, v) in extra {
+        fields[k] = v.into();
+    }
+    Ok(fields)
+}
+
+/// Reads INFO, SLOWLOG LEN and (on a cluster) CLUSTER INFO of every node into
+/// `details` under the names the health monitor reads (`connected_clients`,
+/// `total_connections_received`, `used_memory`, `slowlog_len`, `connected_replicas`,
+/// `cluster_state`), summed over the nodes, plus `nodes` (each node's own figures)
+/// on a cluster. A node that refused a command (an ACL without it) is listed under
+/// `detail_errors`. Returns whether the cluster state is ok (true when not a cluster).
+fn server_details(
+    details: &mut Map<String, Json>,
+    info: Vec<(String, NodeReply)>,
+    slowlog: Vec<(String, NodeReply)>,
+    cluster_info: Option<Vec<(String, NodeReply)>>,
+) -> bool {
+    let mut nodes: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
+    let mut errors = Map::new();
+    let mut sums: BTreeMap<&'static str, i64> = BTreeMap::new();
+    const FIELDS: [(&str, &str); 4] = [
+        ("connected_clients", "connected_clients"),
+        ("total_connections_received", "total_connections_received"),
+        ("used_memory", "used_memory"),
+        ("connected_slaves", "connected_replicas"),
+    ];
+    for (node, reply) in info {
+        let text = match reply.map(|v| text_of(&v)) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.insert(format!("INFO {node}"), e.into());
+                continue;
+            }
+        };
+        let entry = nodes.entry(node).or_default();
+        for line in text.lines() {
+            let Some((k, v)) = line.trim_end().split_once(':') else {
+                continue;
+            };
+            if let Some((_, name)) = FIELDS.iter().find(|(f, _)| *f == k) {
+                if let Ok(n) = v.parse::<i64>() {
+                    *sums.entry(name).or_default() += n;
+                    entry.insert((*name).into(), n.into());
+                }
+            } else if matches!(k, "redis_version" | "role") {
+                entry.insert(k.into(), v.into());
+                details.entry(k).or_insert_with(|| v.into());
+            }
+        }
+    }
+    for (node, reply) in slowlog {
+        match reply {
+            Ok(redis::Value::Int(n)) => {
+                *sums.entry("slowlog_len").or_default() += n;
+                nodes
+                    .entry(node)
+                    .or_default()
+                    .insert("slowlog_len".into(), n.into());
+            }
+            Ok(other) => {
+                errors.insert(format!("SLOWLOG LEN {node}"), format!("{other:?}").into());
+            }
+            Err(e) => {
+                errors.insert(format!("SLOWLOG LEN {node}"), e.into());
+            }
+        }
+    }
+    for (name, n) in sums {
+        details.insert(name.into(), n.into());
+    }
+    let mut healthy = true;
+    if let Some(cluster_info) = cluster_info {
+        let mut state: Option<String> = None;
+        for (node, reply) in cluster_info {
+            let text = match reply.map(|v| text_of(&v)) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.insert(format!("CLUSTER INFO {node}"), e.into());
+                    continue;
+                }
+            };
+            let s = text
+                .lines()
+                .find_map(|l| l.trim_end().strip_prefix("cluster_state:"))
+                .unwrap_or("unknown")
+                .to_string();
+            nodes
+                .entry(node)
+                .or_default()
+                .insert("cluster_state".into(), s.clone().into());
+            // Any node that does not say ok makes the whole cluster not ok.
+            if state.as_deref().is_none_or(|cur| cur == "ok") {
+                state = Some(s);
+            }
+        }
+        if let Some(s) = state {
+            healthy = s == "ok";
+            details.insert("cluster_state".into(), s.into());
+        }
+        details.insert(
+            "nodes".into(),
+            Json::Array(
+                nodes
+                    .into_iter()
+                    .map(|(addr, mut m)| {
+                        m.insert("address".into(), addr.into());
+                        Json::Object(m)
+                    })
+                    .collect(),
+            ),
+        );
+    }
+    if !errors.is_empty() {
+        details.insert("detail_errors".into(), Json::Object(errors));
+    }
+    healthy
+}
+
+/// A text reply (INFO, CLUSTER INFO) as a string.
+fn text_of(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::VerbatimString { text, .. } => text.clone(),
+        other => format!("{other:?}"),
     }
 }
 

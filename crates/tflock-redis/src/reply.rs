@@ -380,6 +380,55 @@ pub struct StatsReply {
     pub entries: u64,
 }
 
+/// One resource in export.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct RawExported {
+    pub sk: String,
+    #[serde(default)]
+    pub lock: Option<RawLock>,
+    #[serde(default, deserialize_with = "lua_vec")]
+    pub entries: Vec<RawEntry>,
+    pub token: Num,
+}
+
+impl RawExported {
+    pub fn into_snapshot(self) -> Result<tflock_core::ResourceSnapshot, BackendError> {
+        let mut queue = self
+            .entries
+            .into_iter()
+            .map(|e| e.into_entry(&self.sk))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Stored in a hash (no order): the embedded store keeps them in the order
+        // they joined.
+        queue.sort_by(|a, b| (a.enqueued_at, &a.entry_id).cmp(&(b.enqueued_at, &b.entry_id)));
+        Ok(tflock_core::ResourceSnapshot {
+            resource: resource_of(&self.sk)?,
+            lock: self.lock.map(RawLock::into_lock).transpose()?,
+            queue,
+            last_token: self.token.0,
+        })
+    }
+}
+
+/// export.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct ExportReply {
+    #[serde(default, deserialize_with = "lua_vec")]
+    pub items: Vec<RawExported>,
+    pub done: bool,
+}
+
+/// import.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct ImportReply {
+    pub imported: usize,
+    pub unchanged: usize,
+    pub expired: usize,
+    pub queued: usize,
+    pub retokened: usize,
+    pub conflict: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,4 +58,6 @@ scripts! {
     list => "list.lua",
     user_queue => "user_queue.lua",
     stats => "stats.lua",
+    export => "export.lua",
+    import => "import.lua",
 }
