@@ -1,0 +1,9 @@
+//! One module per command group.
+
+pub mod config;
+pub mod health;
+pub mod locks;
+pub mod run;
+pub mod selftest;
+pub mod server;
+pub mod snapshot;

@@ -1,0 +1,472 @@
+//! Every `tflock locks` command, its exit codes and its JSON output, on both backends,
+//! through a server (`TFLOCK_SERVER`) and on the store opened directly (`--backend`).
+
+use serde_json::Value;
+
+use crate::common::{ADMIN_TOKEN, API_TOKEN, Env, free_port, output};
+
+/// How the commands reach the store.
+#[derive(Clone, Copy)]
+enum Via {
+    Server,
+    Direct,
+}
+
+struct T<'a> {
+    env: &'a Env,
+    via: Via,
+    backend: &'static str,
+}
+
+impl T<'_> {
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let mut c = match self.via {
+            Via::Server => self.env.client(),
+            Via::Direct => {
+                let mut c = self.env.tflock();
+                c.arg(format!("--backend={}", self.backend));
+                c
+            }
+        };
+        output(c.args(args))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "tflock {args:?}: exit {code}\n{out}\n{err}");
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    /// Expects exit `code`; returns (stdout, stderr).
+    fn fails(&self, code: i32, args: &[&str]) -> (String, String) {
+        let (got, out, err) = self.run(args);
+        assert_eq!(
+            got, code,
+            "tflock {args:?}: exit {got}, wanted {code}\n{out}\n{err}"
+        );
+        (out, err)
+    }
+}
+
+const R: &[&str] = &["--project=myorg/myrepo", "--workspace=default"];
+
+fn with<S: AsRef<str>>(base: &[S], more: &[&str]) -> Vec<String> {
+    base.iter()
+        .map(|s| s.as_ref().to_string())
+        .chain(more.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn every_lock_command(t: &T) {
+    // Empty store.
+    assert_eq!(t.json(&["locks", "list"])["locks"], Value::Array(vec![]));
+    assert_eq!(t.ok(&["locks", "list"]).trim(), "no active locks");
+
+    // Acquire: JSON answer with the lease id; exit 0.
+    let a = with(&["locks", "acquire"], R);
+    let a42 = with(
+        &a,
+        &["--owner=myorg/myrepo#42", "--pull=42", "--user=alice"],
+    );
+    let got = t.json(&args(&a42));
+    assert_eq!(got["acquired"], true, "{got}");
+    let lease = got["lock"]["lease_id"].as_str().unwrap().to_string();
+    let token = got["lock"]["fencing_token"].as_u64().unwrap();
+    assert_eq!(got["lock"]["key"], "myorg/myrepo/./default/");
+    assert_eq!(got["lock"]["user"]["username"], "alice");
+    assert_eq!(got["lock"]["pull"]["num"], 42);
+
+    // The same owner again: re-lock, same lease (Atlantis's re-plan).
+    assert_eq!(t.json(&args(&a42))["lock"]["lease_id"], lease.as_str());
+
+    // Table form prints only the lease id on stdout.
+    let other = t.ok(&[
+        "locks",
+        "acquire",
+        "--project=myorg/other",
+        "--workspace=default",
+    ]);
+    assert_eq!(other.trim().len(), 32, "{other}");
+    assert!(
+        other.trim().chars().all(|c| c.is_ascii_hexdigit()),
+        "{other}"
+    );
+
+    // Held: exit 3, the holder's view without its lease id.
+    let (out, err) = t.fails(3, &args(&with(&a, &["--owner=bob", "--json"])));
+    let held: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(held["acquired"], false);
+    assert_eq!(held["reason"], "held");
+    assert!(held["lock"].get("lease_id").is_none(), "{held}");
+    assert!(
+        err.contains("not acquired: held by myorg/myrepo#42"),
+        "{err}"
+    );
+
+    // Waiting until a deadline: exit 3, timed out.
+    let (_, err) = t.fails(3, &args(&with(&a, &["--owner=bob", "--wait=300ms"])));
+    assert!(err.contains("timed out"), "{err}");
+
+    // A reservation: exit 3 (not acquired yet), the entry id on stdout.
+    let (out, err) = t.fails(
+        3,
+        &args(&with(&a, &["--owner=carol", "--user=carol", "--reserve"])),
+    );
+    let entry = out.trim().to_string();
+    assert!(!entry.is_empty(), "{err}");
+    assert!(err.contains("reserved position 1"), "{err}");
+
+    // Queue and user queue.
+    let q = t.json(&args(&with(&["locks", "queue"], R)));
+    assert_eq!(q["lock"]["owner"], "myorg/myrepo#42");
+    assert_eq!(q["entries"][0]["entry_id"], entry.as_str());
+    assert_eq!(q["entries"][0]["kind"], "reservation");
+    assert_eq!(q["entries"][0]["position"], 1);
+    let table = t.ok(&args(&with(&["locks", "queue"], R)));
+    assert!(table.contains("held by myorg/myrepo#42"), "{table}");
+    assert!(
+        table.contains("reservation") && table.contains("carol"),
+        "{table}"
+    );
+    let uq = t.json(&["locks", "user-queue", "--user", "carol"]);
+    assert_eq!(uq["entries"].as_array().unwrap().len(), 1, "{uq}");
+    assert_eq!(
+        t.json(&["locks", "user-queue", "--user", "nobody"])["entries"],
+        Value::Array(vec![])
+    );
+
+    // List: table and JSON, filters.
+    let table = t.ok(&["locks", "list"]);
+    assert!(table.starts_with("KEY"), "{table}");
+    assert!(
+        table.contains("myorg/myrepo/./default/") && table.contains("alice"),
+        "{table}"
+    );
+    let all = t.json(&["locks", "list"]);
+    assert_eq!(all["locks"].as_array().unwrap().len(), 2, "{all}");
+    assert!(
+        all["locks"][0].get("lease_id").is_none(),
+        "listing shows a lease id: {all}"
+    );
+    assert_eq!(
+        t.json(&["locks", "list", "--repo", "myorg/myrepo"])["locks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        t.json(&["locks", "list", "--user", "alice"])["locks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        t.json(&["locks", "list", "--owner", "nobody"])["locks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let yaml = t.ok(&["locks", "list", "--output", "yaml"]);
+    assert!(yaml.contains("key: myorg/myrepo/./default/"), "{yaml}");
+
+    // Get.
+    let g = t.json(&args(&with(&["locks", "get"], R)));
+    assert_eq!(g["lock"]["owner"], "myorg/myrepo#42");
+    assert!(g["lock"].get("lease_id").is_none());
+
+    // Refresh: by the holder; a wrong lease is lease_lost (exit 1).
+    let r = t.json(&args(&with(
+        &["locks", "refresh"],
+        &[R[0], R[1], "--lease-id", &lease, "--ttl", "2h"],
+    )));
+    assert!(r["lock"]["expires_at"].as_str().unwrap() > g["lock"]["expires_at"].as_str().unwrap());
+    let (out, err) = t.fails(
+        1,
+        &args(&with(
+            &["locks", "refresh"],
+            &[R[0], R[1], "--lease-id", "0000", "--ttl", "1h", "--json"],
+        )),
+    );
+    assert!(out.contains("\"lease_lost\""), "{out}");
+    assert!(err.contains("lease"), "{err}");
+
+    // Unlock with a wrong lease: not_owner, exit 1.
+    let (out, _) = t.fails(
+        1,
+        &args(&with(
+            &["locks", "unlock"],
+            &[R[0], R[1], "--lease-id", "0000", "--json"],
+        )),
+    );
+    assert!(out.contains("\"not_owner\""), "{out}");
+
+    // Transfer: a new lease id and a higher token.
+    let tr = t.json(&args(&with(
+        &["locks", "transfer"],
+        &[
+            R[0],
+            R[1],
+            "--lease-id",
+            &lease,
+            "--to-owner",
+            "myorg/myrepo#43",
+            "--to-user",
+            "dave",
+        ],
+    )));
+    let lease43 = tr["lock"]["lease_id"].as_str().unwrap().to_string();
+    assert_ne!(lease43, lease);
+    assert!(tr["lock"]["fencing_token"].as_u64().unwrap() > token);
+    assert_eq!(tr["lock"]["owner"], "myorg/myrepo#43");
+    // The old lease no longer works.
+    t.fails(
+        1,
+        &args(&with(
+            &["locks", "unlock"],
+            &[R[0], R[1], "--lease-id", &lease],
+        )),
+    );
+
+    // Cancel the reservation; a second cancel is not_found (exit 1).
+    let c = t.json(&["locks", "cancel", &entry]);
+    assert_eq!(c["cancelled"]["entry_id"], entry.as_str());
+    let (out, _) = t.fails(1, &["locks", "cancel", &entry, "--json"]);
+    assert!(out.contains("\"not_found\""), "{out}");
+
+    // Unlock by the holder.
+    let out = t.ok(&args(&with(
+        &["locks", "unlock"],
+        &[R[0], R[1], "--lease-id", &lease43],
+    )));
+    assert!(out.contains("released myorg/myrepo/./default/"), "{out}");
+
+    // Unlock-pull: exactly that pull request.
+    for (ws, pull) in [("w1", "42"), ("w2", "42"), ("w3", "421")] {
+        t.ok(&[
+            "locks",
+            "acquire",
+            "--project=myorg/myrepo",
+            &format!("--workspace={ws}"),
+            &format!("--pull={pull}"),
+        ]);
+    }
+    let up = t.json(&[
+        "locks",
+        "unlock-pull",
+        "--project=myorg/myrepo",
+        "--pull",
+        "42",
+    ]);
+    assert_eq!(up["released"].as_array().unwrap().len(), 2, "{up}");
+    let left = t.json(&["locks", "list", "--repo", "myorg/myrepo"]);
+    assert_eq!(left["locks"].as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left["locks"][0]["owner"], "myorg/myrepo#421");
+
+    // Force unlock (admin).
+    let out = t.ok(&[
+        "locks",
+        "unlock",
+        "--project=myorg/other",
+        "--workspace=default",
+        "--force",
+    ]);
+    assert!(out.contains("released myorg/other/./default/"), "{out}");
+    let (_, err) = t.fails(
+        1,
+        &[
+            "locks",
+            "get",
+            "--project=myorg/other",
+            "--workspace=default",
+        ],
+    );
+    assert!(
+        err.contains("myorg/other/./default/ is not locked"),
+        "{err}"
+    );
+    t.fails(
+        1,
+        &[
+            "locks",
+            "unlock",
+            "--project=myorg/other",
+            "--workspace=default",
+            "--force",
+        ],
+    );
+
+    // Bad input names the flag; exit 2.
+    let (_, err) = t.fails(2, &["locks", "acquire", "--project=norepo"]);
+    assert!(err.contains("--project"), "{err}");
+    let (_, err) = t.fails(2, &["locks", "get", "--project=o/r", "--path=../x"]);
+    assert!(err.contains("--path") && err.contains(".."), "{err}");
+
+    // Health.
+    let (code, out, err) = t.run(&["health", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let h: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(h["backend"], t.backend, "{h}");
+    let (code, out, _) = t.run(&["health"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("healthy"), "{out}");
+}
+
+#[test]
+fn lock_commands_through_the_server_on_embedded() {
+    let mut env = Env::embedded();
+    env.start_server(&[], &[]);
+    every_lock_command(&T {
+        env: &env,
+        via: Via::Server,
+        backend: "embedded",
+    });
+}
+
+#[test]
+fn lock_commands_through_the_server_on_redis() {
+    let mut env = Env::redis();
+    env.start_server(&[], &[]);
+    every_lock_command(&T {
+        env: &env,
+        via: Via::Server,
+        backend: "redis",
+    });
+}
+
+#[test]
+fn lock_commands_on_the_embedded_store_opened_directly() {
+    let env = Env::embedded();
+    every_lock_command(&T {
+        env: &env,
+        via: Via::Direct,
+        backend: "embedded",
+    });
+}
+
+#[test]
+fn lock_commands_on_redis_opened_directly() {
+    let env = Env::redis();
+    every_lock_command(&T {
+        env: &env,
+        via: Via::Direct,
+        backend: "redis",
+    });
+}
+
+#[test]
+fn tokens_are_sent_and_refusals_are_usage_errors() {
+    let mut env = Env::embedded();
+    env.start_server(
+        &[],
+        &[
+            ("ATLANTIS_ENHANCED_LOCKING_SERVER_API_TOKEN", API_TOKEN),
+            ("ATLANTIS_ENHANCED_LOCKING_SERVER_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    );
+    let acquire = ["locks", "acquire", "--project=o/r", "--workspace=default"];
+    // No token: unauthorized, exit 2, and the message says how to give one.
+    let (code, _, err) = output(env.client().args(acquire));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("TFLOCK_TOKEN"),
+        "{err}"
+    );
+    // Reads stay open.
+    let (code, _, _) = output(env.client().args(["locks", "list"]));
+    assert_eq!(code, 0);
+    // The API token: mutating calls pass, admin calls are forbidden.
+    let (code, _, err) = output(env.client().env("TFLOCK_TOKEN", API_TOKEN).args(acquire));
+    assert_eq!(code, 0, "{err}");
+    let force = [
+        "locks",
+        "unlock",
+        "--project=o/r",
+        "--workspace=default",
+        "--force",
+    ];
+    let (code, _, err) = output(env.client().env("TFLOCK_TOKEN", API_TOKEN).args(force));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("forbidden"), "{err}");
+    // The admin token, as a flag this time.
+    let (code, _, err) = output(env.client().args(["--token", ADMIN_TOKEN]).args(force));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn an_unreachable_server_is_backend_unavailable() {
+    let env = Env::embedded();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let (code, out, err) = output(
+        env.tflock()
+            .args(["--server", &url, "locks", "list", "--json"]),
+    );
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(
+        err.contains(&format!("cannot reach the tflock server at {url}")),
+        "{err}"
+    );
+    let e: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["error"]["code"], "backend_unavailable");
+    let (code, _, _) = output(env.tflock().args(["--server", &url, "health"]));
+    assert_eq!(code, 4);
+}
+
+#[test]
+fn an_unreachable_redis_is_backend_unavailable_naming_the_setting() {
+    let env = Env::redis();
+    env.redis.as_ref().unwrap().stop();
+    let (code, _, err) = env.run(&["locks", "list", "--backend=redis"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("redis.addresses"), "{err}");
+}
+
+#[test]
+fn a_store_held_by_a_process_without_a_server_is_explained() {
+    let env = Env::embedded();
+    // `tflock run` on the store directly holds the file while its command runs.
+    let mut holder = std::process::Command::new(crate::common::bin());
+    holder
+        .current_dir(env.dir.path())
+        .args([
+            "run",
+            "--backend=embedded",
+            "--project=o/r",
+            "--",
+            "sh",
+            "-c",
+            "touch started; sleep 30",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut holder = holder.spawn().unwrap();
+    crate::common::eventually("the holder starts its command", || {
+        env.path("started").exists()
+    });
+    let (code, _, err) = env.run(&["locks", "list"]);
+    // SIGTERM reaches the command through tflock, which then releases and exits.
+    crate::common::signal(holder.id(), libc::SIGTERM);
+    let _ = holder.wait();
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains(&format!("is held by pid {}", holder.id())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&env.base()),
+        "the address tried is not named: {err}"
+    );
+}
