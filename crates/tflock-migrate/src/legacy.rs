@@ -157,6 +157,13 @@ struct Cache {
     error: Option<String>,
 }
 
+/// One read of the legacy store and of the release records.
+struct Read {
+    locks: BTreeMap<String, LegacyLock>,
+    released: HashSet<String>,
+    global_locks: Vec<GlobalLock>,
+}
+
 /// A consistent view for one operation.
 struct View {
     locks: Arc<BTreeMap<String, LegacyLock>>,
@@ -240,10 +247,10 @@ impl LegacyFallback {
         if !fresh {
             cache.tried_at = Some(Instant::now());
             match self.load().await {
-                Ok((locks, released, global)) => {
-                    cache.locks = Arc::new(locks);
-                    cache.released = Arc::new(released);
-                    cache.global_locks = Arc::new(global);
+                Ok(read) => {
+                    cache.locks = Arc::new(read.locks);
+                    cache.released = Arc::new(read.released);
+                    cache.global_locks = Arc::new(read.global_locks);
                     cache.good_at = Some(Instant::now());
                     cache.error = None;
                 }
@@ -268,17 +275,7 @@ impl LegacyFallback {
     }
 
     /// Reads the legacy locks and the release records.
-    #[allow(clippy::type_complexity)]
-    async fn load(
-        &self,
-    ) -> Result<
-        (
-            BTreeMap<String, LegacyLock>,
-            HashSet<String>,
-            Vec<GlobalLock>,
-        ),
-        String,
-    > {
+    async fn load(&self) -> Result<Read, String> {
         let found = self.source.read().await.map_err(|e| e.to_string())?;
         let now = self.clock.now();
         let ttl = self.options.settings.default_ttl;
@@ -319,7 +316,11 @@ impl LegacyFallback {
                 None => break,
             }
         }
-        Ok((locks, released, found.global_locks))
+        Ok(Read {
+            locks,
+            released,
+            global_locks: found.global_locks,
+        })
     }
 
     /// Records in the tflock store that `legacy` was released.
@@ -353,7 +354,7 @@ impl LegacyFallback {
 
     /// The legacy lock that blocks `resource`: one that counts while tflock itself
     /// holds nothing there.
-    async fn legacy_holder(&self, resource: &Resource) -> Result<Option<LegacyLock>, Error2> {
+    async fn legacy_holder(&self, resource: &Resource) -> Result<Option<LegacyLock>, LookupError> {
         let view = self.view().await?;
         let Some(legacy) = view.active(&resource.storage_key()).cloned() else {
             return Ok(None);
@@ -370,31 +371,32 @@ impl LegacyFallback {
     }
 }
 
-/// A [`BackendError`] or a [`QueryError`], for helpers that do both.
-enum Error2 {
+/// A [`BackendError`] (reading the legacy store) or a [`QueryError`] (asking the
+/// store), for helpers that do both; converted into each operation's own error.
+enum LookupError {
     Backend(BackendError),
     Query(QueryError),
 }
 
-impl From<BackendError> for Error2 {
+impl From<BackendError> for LookupError {
     fn from(e: BackendError) -> Self {
-        Error2::Backend(e)
+        LookupError::Backend(e)
     }
 }
 
-impl From<QueryError> for Error2 {
+impl From<QueryError> for LookupError {
     fn from(e: QueryError) -> Self {
-        Error2::Query(e)
+        LookupError::Query(e)
     }
 }
 
-impl Error2 {
+impl LookupError {
     fn convert<E: From<BackendError> + From<InvalidRequest>>(self) -> E {
         match self {
-            Error2::Backend(e) => e.into(),
-            Error2::Query(QueryError::Backend(e)) => e.into(),
-            Error2::Query(QueryError::Invalid(e)) => e.into(),
-            Error2::Query(e) => BackendError::Internal(e.to_string()).into(),
+            LookupError::Backend(e) => e.into(),
+            LookupError::Query(QueryError::Backend(e)) => e.into(),
+            LookupError::Query(QueryError::Invalid(e)) => e.into(),
+            LookupError::Query(e) => BackendError::Internal(e.to_string()).into(),
         }
     }
 }
@@ -451,7 +453,7 @@ impl Backend for LegacyFallback {
         let Some(mut legacy) = self
             .legacy_holder(&resource)
             .await
-            .map_err(Error2::convert::<TryLockError>)?
+            .map_err(LookupError::convert::<TryLockError>)?
         else {
             return self.inner.try_lock(request).await;
         };
@@ -485,7 +487,7 @@ impl Backend for LegacyFallback {
             match self
                 .legacy_holder(&resource)
                 .await
-                .map_err(Error2::convert::<TryLockError>)?
+                .map_err(LookupError::convert::<TryLockError>)?
             {
                 Some(l) => legacy = l,
                 None => {
