@@ -600,9 +600,11 @@ impl Backend for HttpBackend {
 
     async fn health_check(&self) -> Result<BackendHealth, BackendError> {
         let (status, body) = self.health_report().await?;
-        if let Some(h) = body
-            .get("health")
-            .and_then(|h| serde_json::from_value::<BackendHealth>(h.clone()).ok())
+        // The server's own check is `check` (older servers: `health`).
+        if let Some(h) = ["check", "health", "last_check"]
+            .iter()
+            .filter_map(|k| body.get(*k))
+            .find_map(|h| serde_json::from_value::<BackendHealth>(h.clone()).ok())
             .filter(|h| h.healthy && status < 300)
         {
             return Ok(h);
