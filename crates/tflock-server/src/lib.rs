@@ -66,6 +66,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .merge(tflock_web::router(
+            state.backend().clone(),
+            state.health().cloned(),
+            state.tokens().admin.as_ref().map(Secret::expose),
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
