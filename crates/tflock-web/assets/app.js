@@ -163,12 +163,13 @@
       const fresh = doc.querySelector('[data-live="' + el.dataset.live + '"]');
       if (!fresh) continue;
       const node = document.importNode(fresh, true);
-      if (node.dataset.perf === "api") {
+      if (node.dataset.perf === "api" && el.dataset.perfFilled === "true") {
         // Keep the figures read from the API until they are read again.
         for (const f of ["p95", "p99", "ops"]) {
           const old = el.querySelector('[data-field="' + f + '"]');
           if (old) setField(node, f, old.textContent);
         }
+        node.dataset.perfFilled = "true";
       }
       el.replaceWith(node);
     }

@@ -155,7 +155,7 @@ fn health_panel(out: &mut String, h: &HealthView) {
     } else {
         "api"
     };
-    let dash = r#"<span aria-label="not known">—</span>"#;
+    let dash = r#"<span aria-hidden="true">—</span><span class="sr-only">not known</span>"#;
     let (p95, p99, ops) = match h.performance {
         Some(p) => (
             latency(p.p95),
@@ -299,7 +299,7 @@ fn count_text(shown: usize, total: usize) -> String {
 }
 
 fn dash() -> &'static str {
-    r#"<span class="muted" aria-label="none">—</span>"#
+    r#"<span class="muted" aria-hidden="true">—</span><span class="sr-only">none</span>"#
 }
 
 fn pull_cell(lock_owner: &tflock_core::Owner) -> String {
@@ -344,7 +344,10 @@ fn lock_row(out: &mut String, row: &LockRow, needle: &str, now: Timestamp) {
     let queue = match row.queue_len {
         Some(0) => "0".to_string(),
         Some(n) => format!(r#"<span class="badge warn">{n}</span>"#),
-        None => r#"<span class="muted" aria-label="unknown">?</span>"#.to_string(),
+        None => {
+            r#"<span class="muted" aria-hidden="true">?</span><span class="sr-only">unknown</span>"#
+                .to_string()
+        }
     };
     let project = if l.resource.project_name.is_empty() {
         dash().to_string()
