@@ -30,20 +30,24 @@ pub type SharedBackend = Arc<dyn Backend>;
 
 /// The result of a health check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackendHealth {
     /// `embedded` or `redis`.
     pub backend: String,
     pub healthy: bool,
     /// Round trip of the check itself.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1ms 250us"))]
     pub response_time: Duration,
     pub checked_at: Timestamp,
     /// What the check saw, in the backend's own words (file path, size, ...).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Counts a backend can give cheaply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackendMetrics {
     /// Leases currently held.
     pub active_locks: u64,

@@ -12,6 +12,7 @@ use thiserror::Error;
 /// Stable machine-readable error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorCode {
     InvalidRequest,
     Unauthorized,
@@ -198,6 +199,7 @@ operation_error! {
 /// Any tflock error: a code, a message and, for invalid requests, the field.
 #[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 #[error("{code}: {message}")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,

@@ -9,6 +9,7 @@ use crate::time::Timestamp;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventKind {
     #[serde(rename = "lock.acquired")]
     LockAcquired,
@@ -43,6 +44,7 @@ impl EventKind {
 
 /// One event: what, on which resource, for whom, with which token, when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LockEvent {
     pub event: EventKind,
     pub resource: Resource,

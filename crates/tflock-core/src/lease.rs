@@ -13,6 +13,7 @@ use crate::time::Timestamp;
 /// to the holder. Its `Debug` form is redacted so it never lands in a log by accident.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseId(pub String);
 
 impl LeaseId {
@@ -39,6 +40,7 @@ impl fmt::Debug for LeaseId {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FencingToken(pub u64);
 
 impl fmt::Display for FencingToken {
@@ -52,6 +54,7 @@ impl fmt::Display for FencingToken {
 /// `lease_id` is present in a backend's own record and in answers to the holder;
 /// [`Lock::public`] removes it for everybody else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Lock {
     /// The Atlantis lock key, for display.
     pub key: String,
@@ -64,6 +67,7 @@ pub struct Lock {
     pub expires_at: Timestamp,
     /// The lease's TTL, applied again when a claim is confirmed or the lease refreshed.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1h"))]
     pub ttl: std::time::Duration,
     /// True while a waiter's grant waits for its server to confirm it (the claim
     /// window); `expires_at` is then the end of the claim window.

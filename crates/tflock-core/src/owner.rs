@@ -15,6 +15,7 @@ pub const MAX_NOTE_BYTES: usize = 4096;
 
 /// The VCS user behind a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserInfo {
     pub username: String,
     #[serde(default)]
@@ -23,7 +24,12 @@ pub struct UserInfo {
 
 /// The pull request a lock is for.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PullInfo {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(maximum = 9_007_199_254_740_991_u64, example = 42)
+    )]
     pub num: u64,
     #[serde(default)]
     pub url: String,
@@ -39,7 +45,17 @@ pub struct PullInfo {
 
 /// A holder or waiter: the opaque owner string plus what to show about it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Owner {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 1024,
+            example = "myorg/myrepo#42",
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+        )
+    )]
     pub owner: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<UserInfo>,

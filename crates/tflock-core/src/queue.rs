@@ -30,6 +30,7 @@ pub type EntryId = String;
 /// What a queue entry stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EntryKind {
     /// A live caller blocked in TryLock; removed when the caller goes away.
     Waiter,
@@ -39,6 +40,7 @@ pub enum EntryKind {
 
 /// A queue entry as a backend stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueEntry {
     pub entry_id: EntryId,
     pub resource: Resource,
@@ -51,6 +53,7 @@ pub struct QueueEntry {
     pub deadline: Timestamp,
     /// TTL of the lease this entry will be granted.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1h"))]
     pub ttl: Duration,
     /// The caller's idempotency key, kept so a retry finds its grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +135,7 @@ pub fn grant_order(
 
 /// A queue entry as shown to callers: with its place and its current effective priority.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueEntryView {
     #[serde(flatten)]
     pub entry: QueueEntry,
@@ -140,6 +144,7 @@ pub struct QueueEntryView {
     pub position: usize,
     /// How long the entry has waited, e.g. `"1m 3s"`.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1m 3s"))]
     pub waited: Duration,
 }
 
@@ -169,6 +174,7 @@ impl QueueEntryView {
 
 /// Where a queued request stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueuePlacement {
     pub entry_id: EntryId,
     pub position: usize,
@@ -176,6 +182,7 @@ pub struct QueuePlacement {
 
 /// Holder plus entries in grant order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueStatus {
     pub resource: Resource,
     #[serde(default, skip_serializing_if = "Option::is_none")]

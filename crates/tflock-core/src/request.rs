@@ -57,6 +57,25 @@ impl<'de> Deserialize<'de> for WaitSpec {
     }
 }
 
+/// On the wire a wait is a string: `"default"` or a duration such as `"30s"`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for WaitSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "How long to wait in line: \"default\" (the server's default_timeout) or a \
+                 duration such as \"30s\" (clamped to max_timeout)",
+            ))
+            .examples([serde_json::json!("30s"), serde_json::json!("default")])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for WaitSpec {}
+
 /// A TryLock request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRequest {
@@ -139,6 +158,7 @@ impl LockRequest {
 /// Why a TryLock did not acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NotAcquiredReason {
     /// Held by another owner and the request did not wait (or is a reservation).
     Held,
@@ -150,6 +170,7 @@ pub enum NotAcquiredReason {
 
 /// The answer to TryLock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LockResponse {
     pub acquired: bool,
     /// The holder's view: with `lease_id` only when the caller holds it.
@@ -184,6 +205,7 @@ impl LockResponse {
 
 /// The answer to Unlock and ForceUnlock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnlockResponse {
     /// The lock that ended (public view).
     pub released: Lock,
@@ -194,6 +216,7 @@ pub struct UnlockResponse {
 
 /// The answer to UnlockByPull.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PullUnlockResponse {
     pub released: Vec<Lock>,
     pub cancelled: Vec<QueueEntry>,
@@ -283,6 +306,7 @@ fn decode_cursor(c: &str) -> Option<String> {
 
 /// One page of ListLocks.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LockPage {
     pub locks: Vec<Lock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -20,16 +20,46 @@ pub const STORAGE_KEY_SEPARATOR: char = '\u{1f}';
 
 /// A lockable Terraform project in one workspace.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resource {
     /// Full repository name, e.g. `myorg/myrepo` or `group/sub/repo`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            example = "myorg/myrepo",
+            max_length = 255,
+            pattern = r"^[^/\u0000-\u001f\u007f]+(/[^/\u0000-\u001f\u007f]+)+$"
+        )
+    )]
     pub repo: String,
     /// Project directory relative to the repository root; `.` for the root.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            example = ".",
+            max_length = 255,
+            pattern = r"^[^\u0000-\u001f\u007f]*$"
+        )
+    )]
     pub path: String,
     /// Terraform workspace.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            example = "default",
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u001f\u007f]+$"
+        )
+    )]
     pub workspace: String,
     /// Atlantis project name; empty when the project has none.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 255, pattern = r"^[^\u0000-\u001f\u007f]*$")
+    )]
     pub project_name: String,
 }
 

@@ -17,6 +17,7 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// Everything in a store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
     pub version: u32,
     pub exported_at: Timestamp,
@@ -27,6 +28,7 @@ pub struct Snapshot {
 
 /// One resource: its lease (with lease id), its queue and its last token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResourceSnapshot {
     pub resource: Resource,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,6 +50,7 @@ pub struct ImportOptions {
 
 /// What an import did (or, dry, would do).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportReport {
     /// Locks installed.
     pub imported: usize,

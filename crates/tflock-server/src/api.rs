@@ -10,16 +10,17 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use tflock_core::{
     LockFilter, LockPage, LockResponse, PullUnlockResponse, QueueStatus, TransferAuth,
-    UnlockResponse,
+    UnlockResponse, WaitSpec,
 };
 
 use crate::auth::{Admin, Mutator};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, parse_number};
+use crate::limits::timed_out;
 use crate::state::AppState;
 use crate::wire::{
-    AcquireBody, CancelledBody, EntriesBody, ListQuery, LockBody, RefreshBody, ReleaseBody,
-    ReleasePullBody, ResourceQuery, TransferBody, lease_id,
+    AcquireBody, CancelledBody, EntriesBody, ErrorBody, ListQuery, LockBody, RefreshBody,
+    ReleaseBody, ReleasePullBody, ResourceQuery, TransferBody, lease_id,
 };
 
 /// A backend call being timed; records `abandoned` if dropped unfinished.
@@ -80,24 +81,55 @@ fn ok<T>(_: &T) -> &'static str {
 /// the client disconnects, hyper drops this future, which drops the backend's call and
 /// so its queue entry: nobody is granted a lock on behalf of a caller who left. On
 /// server shutdown the wait ends with `backend_unavailable` the same way.
+///
+/// The wait is clamped to [`crate::Limits::max_wait`], and the whole call is bounded
+/// by its wait plus [`crate::Limits::wait_slack`] (a call that does not wait by
+/// [`crate::Limits::request_timeout`]): a backend that never ends the wait gets the
+/// caller a 503, not a hang.
+#[utoipa::path(post, path = "/api/v1/locks/acquire", tag = "locks",
+    summary = "TryLock: acquire, re-lock, wait in line or reserve a place",
+    description = "Not acquiring a held lock is a normal answer (`acquired: false`, \
+        `reason: held`), not an error. `lock` is the holder's view, with `lease_id` only \
+        when the caller holds it.",
+    request_body = AcquireBody,
+    security(("api_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "Acquired, not acquired, or queued", body = LockResponse),
+        (status = 429, description = "`queue_full`: the resource's queue is full", body = ErrorBody),
+    ))]
 pub(crate) async fn acquire(
     State(state): State<AppState>,
     _caller: Mutator,
     ApiJson(body): ApiJson<AcquireBody>,
 ) -> Result<Json<LockResponse>, ApiError> {
-    let request = body.into_request()?;
+    let mut request = body.into_request()?;
+    let limits = state.limits();
     let waits = request.wait.is_some() && !request.reserve;
+    let bound = match request.wait {
+        _ if !waits => limits.request_timeout,
+        Some(WaitSpec::For(d)) => {
+            let d = d.min(limits.max_wait);
+            request.wait = Some(WaitSpec::For(d));
+            limits.wait_bound(d)
+        }
+        _ => limits.wait_bound(limits.max_wait),
+    };
     let op = Op::start(&state, if waits { "acquire_wait" } else { "acquire" });
-    let call = state.backend().try_lock(request);
+    let call = async {
+        match tokio::time::timeout(bound, state.backend().try_lock(request)).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(_) => Err(timed_out(bound)),
+        }
+    };
     let result = if waits {
         tokio::select! {
-            r = call => r.map_err(ApiError::from),
+            r = call => r,
             () = state.closing() => Err(ApiError::unavailable(
                 "the server is shutting down; the wait was abandoned and its queue entry removed",
             )),
         }
     } else {
-        call.await.map_err(ApiError::from)
+        call.await
     };
     let mut response = op.finish(result, |r| {
         if r.acquired {
@@ -117,6 +149,18 @@ pub(crate) async fn acquire(
 }
 
 /// `POST /api/v1/locks/release`: by lease, or admin `force: true` (ForceUnlock).
+#[utoipa::path(post, path = "/api/v1/locks/release", tag = "locks",
+    summary = "Unlock by lease, or (admin) force-unlock",
+    description = "Ends the lease; the same atomic step hands the lock to the best queue \
+        entry, if any (`granted_to`).",
+    request_body = ReleaseBody,
+    security(("api_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "Released", body = UnlockResponse),
+        (status = 403, description = "`forbidden`: `force` needs the admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: the resource is not locked", body = ErrorBody),
+        (status = 409, description = "`not_owner`: held under another lease", body = ErrorBody),
+    ))]
 pub(crate) async fn release(
     State(state): State<AppState>,
     caller: Mutator,
@@ -152,6 +196,14 @@ pub(crate) async fn release(
 }
 
 /// `POST /api/v1/locks/refresh`.
+#[utoipa::path(post, path = "/api/v1/locks/refresh", tag = "locks",
+    summary = "Extend a lease to now + ttl",
+    request_body = RefreshBody,
+    security(("api_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "Refreshed; the holder's view", body = LockBody),
+        (status = 409, description = "`lease_lost`: expired or not the current lease", body = ErrorBody),
+    ))]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     _caller: Mutator,
@@ -169,6 +221,16 @@ pub(crate) async fn refresh(
 
 /// `POST /api/v1/locks/transfer`: by lease, or admin `force: true`. The answer holds
 /// the new owner's lease id: the caller passes it on.
+#[utoipa::path(post, path = "/api/v1/locks/transfer", tag = "locks",
+    summary = "Give the lock to a new owner with a new lease and fencing token",
+    request_body = TransferBody,
+    security(("api_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "Transferred; the answer holds the new owner's lease_id", body = LockBody),
+        (status = 403, description = "`forbidden`: `force` needs the admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: the resource is not locked", body = ErrorBody),
+        (status = 409, description = "`lease_lost`: expired or not the current lease", body = ErrorBody),
+    ))]
 pub(crate) async fn transfer(
     State(state): State<AppState>,
     caller: Mutator,
@@ -202,6 +264,14 @@ pub(crate) async fn transfer(
 
 /// `POST /api/v1/locks/release-pull` (admin): every lease and queue entry of exactly
 /// one pull request, as Atlantis does when a pull request is closed.
+#[utoipa::path(post, path = "/api/v1/locks/release-pull", tag = "admin",
+    summary = "Release every lock and queue entry of exactly one pull request (admin)",
+    request_body = ReleasePullBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "What was released and cancelled", body = PullUnlockResponse),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+    ))]
 pub(crate) async fn release_pull(
     State(state): State<AppState>,
     _admin: Admin,
@@ -210,6 +280,7 @@ pub(crate) async fn release_pull(
     if body.repo.is_empty() {
         return Err(ApiError::invalid("repo", "must not be empty"));
     }
+    crate::wire::check_pull("pull", Some(body.pull))?;
     let op = Op::start(&state, "release_pull");
     let mut response = op.finish(
         state.backend().unlock_by_pull(&body.repo, body.pull).await,
@@ -222,6 +293,10 @@ pub(crate) async fn release_pull(
 }
 
 /// `GET /api/v1/locks?repo=&owner=&user=&cursor=&limit=`.
+#[utoipa::path(get, path = "/api/v1/locks", tag = "locks",
+    summary = "Held locks in key order, filtered and paged",
+    params(ListQuery),
+    responses((status = 200, description = "One page", body = LockPage)))]
 pub(crate) async fn list_locks(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -244,6 +319,13 @@ pub(crate) async fn list_locks(
 }
 
 /// `GET /api/v1/lock?repo=&path=&workspace=&project_name=`: the holder or 404.
+#[utoipa::path(get, path = "/api/v1/lock", tag = "locks",
+    summary = "The holder of one resource",
+    params(ResourceQuery),
+    responses(
+        (status = 200, description = "The holder (no lease_id)", body = LockBody),
+        (status = 404, description = "`not_found`: the resource is not locked", body = ErrorBody),
+    ))]
 pub(crate) async fn get_lock(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ResourceQuery>,
@@ -263,6 +345,10 @@ pub(crate) async fn get_lock(
 
 /// `GET /api/v1/queue?repo=&path=&workspace=&project_name=`: holder and queue in grant
 /// order.
+#[utoipa::path(get, path = "/api/v1/queue", tag = "queue",
+    summary = "Holder and queue of one resource, in grant order",
+    params(ResourceQuery),
+    responses((status = 200, description = "Holder and entries", body = QueueStatus)))]
 pub(crate) async fn queue_status(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ResourceQuery>,
@@ -275,6 +361,10 @@ pub(crate) async fn queue_status(
 }
 
 /// `GET /api/v1/queue/user/{username}`.
+#[utoipa::path(get, path = "/api/v1/queue/user/{username}", tag = "queue",
+    summary = "Every queue entry of one user, on every resource",
+    params(("username" = String, Path, description = "The VCS username")),
+    responses((status = 200, description = "The user's entries", body = EntriesBody)))]
 pub(crate) async fn user_queue(
     State(state): State<AppState>,
     username: Result<Path<String>, PathRejection>,
@@ -287,6 +377,14 @@ pub(crate) async fn user_queue(
 
 /// `DELETE /api/v1/queue/{entry_id}`: a waiter whose entry is cancelled gets
 /// `acquired: false, reason: "cancelled"`.
+#[utoipa::path(delete, path = "/api/v1/queue/{entry_id}", tag = "queue",
+    summary = "Cancel a queue entry (a waiter then answers acquired: false, reason: cancelled)",
+    params(("entry_id" = String, Path, description = "The entry's id")),
+    security(("api_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The cancelled entry", body = CancelledBody),
+        (status = 404, description = "`not_found`: no entry with that id", body = ErrorBody),
+    ))]
 pub(crate) async fn cancel_entry(
     State(state): State<AppState>,
     _caller: Mutator,

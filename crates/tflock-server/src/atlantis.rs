@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 use tflock_core::{Lock, LockFilter, Timestamp};
+use utoipa::ToSchema;
 
 use crate::api::Op;
 use crate::error::ApiError;
@@ -17,14 +18,16 @@ use crate::state::AppState;
 /// far above any real lock count (`MAX_LIMIT` locks per page).
 const MAX_PAGES: usize = 10_000;
 
-#[derive(Debug, Serialize)]
+/// Atlantis's `ListLocksResult`.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ListLocksResult {
     #[serde(rename = "Locks")]
     locks: Vec<LockDetail>,
 }
 
-#[derive(Debug, Serialize)]
-struct LockDetail {
+/// Atlantis's `LockDetail`, with Go's field names.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LockDetail {
     #[serde(rename = "Name")]
     name: String,
     #[serde(rename = "ProjectName")]
@@ -63,6 +66,10 @@ impl From<Lock> for LockDetail {
 }
 
 /// `GET /api/locks`: every held lock.
+#[utoipa::path(get, path = "/api/locks", tag = "atlantis",
+    summary = "Every held lock, in Atlantis's own shape",
+    description = "`PullID` is a number sent as a string, as Atlantis sends it.",
+    responses((status = 200, description = "Every held lock", body = ListLocksResult)))]
 pub(crate) async fn list_locks(
     State(state): State<AppState>,
 ) -> Result<Json<ListLocksResult>, ApiError> {

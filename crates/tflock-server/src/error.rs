@@ -10,15 +10,28 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tflock_core::{
-    BackendError, CancelError, ErrorCode, InvalidRequest, QueryError, RefreshError, TransferError,
-    TryLockError, UnlockError,
+    BackendError, CancelError, ErrorCode, ImportError, InvalidRequest, QueryError, RefreshError,
+    TransferError, TryLockError, UnlockError,
 };
 
-/// Seconds a client is told to wait before retrying a `backend_unavailable` answer.
+/// Seconds a client is told to wait before retrying a `backend_unavailable` answer
+/// when no circuit breaker knows better.
 ///
-/// Short on purpose: the usual causes (a breaker that half-opens, a server restarting)
-/// clear within seconds, and lock callers are waiting on CI.
+/// Short on purpose: the usual causes (a server restarting, one slow call) clear
+/// within seconds, and lock callers are waiting on CI.
 pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// The `Retry-After` of a 503 now: while the backend's breaker is open, the seconds
+/// until it lets a call through again (rounded up); else [`RETRY_AFTER_SECS`].
+pub fn retry_after_secs(state: &crate::state::AppState) -> u64 {
+    state
+        .health()
+        .and_then(|h| h.retry_after())
+        .map_or(RETRY_AFTER_SECS, |d| {
+            d.as_secs() + u64::from(d.subsec_nanos() > 0)
+        })
+        .max(1)
+}
 
 /// An error on its way to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +167,8 @@ from_operation_error!(
     RefreshError,
     TransferError,
     CancelError,
-    QueryError
+    QueryError,
+    ImportError
 );
 
 #[cfg(test)]

@@ -11,10 +11,20 @@ use std::convert::Infallible;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
+use tflock_core::LockEvent;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    summary = "Server-Sent Events: every lock and queue event from now on",
+    description = "Each event is `event: <name>` (`lock.acquired`, `lock.released`, \
+        `lock.expired`, `lock.transferred`, `queue.entered`, `queue.left`, \
+        `queue.granted`) with the event as JSON in `data:`. A subscriber too slow to keep \
+        up is sent `event: lagged` with `{\"missed\": N}`. The stream ends when the \
+        server shuts down.",
+    responses((status = 200, description = "An endless event stream",
+        content_type = "text/event-stream", body = LockEvent)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

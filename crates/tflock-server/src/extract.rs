@@ -4,18 +4,19 @@
 //! the contract (415, 422). These read the same input but report, e.g.,
 //! `{"code": "invalid_request", "field": "priority", "message": "unknown variant ..."}`.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::limits::check_json_depth;
+use crate::state::AppState;
 
-/// Largest request body accepted; a lock request is well under 8 KiB.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// A JSON body of type `T`.
+/// A JSON body of type `T`, at most [`crate::Limits::max_body_bytes`] long and
+/// [`crate::Limits::max_json_depth`] deep.
 ///
 /// The `Content-Type` must be JSON: a browser can send a form or `text/plain` POST to
 /// `127.0.0.1` from any web page without a CORS preflight, but not a JSON one, so this
@@ -23,36 +24,79 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned,
-{
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
-            return Err(ApiError::invalid(
-                "content-type",
-                "the body must be JSON, sent with 'Content-Type: application/json'",
-            ));
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    tflock_core::ErrorCode::InvalidRequest,
-                    format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-                )
-                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limits = state.limits();
+        read_json(req, limits.max_body_bytes, limits.max_json_depth)
+            .await
+            .map(ApiJson)
+    }
+}
+
+/// The body of `POST /api/v1/admin/import`: like [`ApiJson`] but up to
+/// [`crate::Limits::max_import_bytes`].
+#[derive(Debug)]
+pub struct ImportJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ImportJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limits = state.limits();
+        read_json(req, limits.max_import_bytes, limits.max_json_depth)
+            .await
+            .map(ImportJson)
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        tflock_core::ErrorCode::InvalidRequest,
+        format!("the request body is larger than {limit} bytes"),
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+/// Reads a JSON body of at most `limit` bytes (refused from its `Content-Length`
+/// before reading when that is already too big) and `depth` levels.
+async fn read_json<T: DeserializeOwned>(
+    req: Request,
+    limit: usize,
+    depth: usize,
+) -> Result<T, ApiError> {
+    if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+        return Err(ApiError::invalid(
+            "content-type",
+            "the body must be JSON, sent with 'Content-Type: application/json'",
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let body: Body = req.into_body();
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large(limit)
             } else {
                 ApiError::new(
                     tflock_core::ErrorCode::InvalidRequest,
-                    format!("could not read the request body: {rejection}"),
+                    format!("could not read the request body: {e}"),
                 )
             }
-        })?;
-        parse_json(&bytes).map(ApiJson)
-    }
+        })?
+        .to_bytes();
+    check_json_depth(&bytes, depth)?;
+    parse_json(&bytes)
 }
 
 fn is_json(content_type: Option<&header::HeaderValue>) -> bool {

@@ -13,6 +13,12 @@
 //!   pattern (never by raw path, which would make one series per lock).
 //! - `tflock_active_locks`, `tflock_queue_depth`, `tflock_handoffs_total`,
 //!   `tflock_expiries_total`, `tflock_backend_up`: read from the backend at scrape time.
+//! - `tflock_circuit_breaker_state`: 0 closed, 1 half-open, 2 open (with a breaker).
+//! - `tflock_webhook_deliveries_total{receiver, outcome}` (`delivered`, `failed`),
+//!   `tflock_webhook_retries_total{receiver}`, `tflock_webhook_dropped_total{receiver}`
+//!   (events dropped because the receiver's queue was full) and
+//!   `tflock_webhook_queue_depth{receiver}`; `receiver` is the URL's index in the
+//!   configuration (URLs can hold secrets, so they are never labels).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -22,6 +28,9 @@ use metrics::{Recorder, counter, gauge, histogram, with_local_recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde::Serialize;
 use tflock_core::BackendMetrics;
+use tflock_health::BreakerState;
+
+use crate::webhooks::ReceiverStats;
 
 /// Histogram buckets in seconds: sub-millisecond for plain operations up to the
 /// five-minute `max_timeout` of a waiting acquire.
@@ -130,17 +139,40 @@ impl Metrics {
         });
     }
 
-    /// The Prometheus text, with the backend's counts as of now (`None`: unreachable).
-    pub(crate) fn render(&self, backend: Option<BackendMetrics>) -> String {
-        self.with(|| match backend {
-            Some(m) => {
-                gauge!("tflock_backend_up").set(1.0);
-                gauge!("tflock_active_locks").set(m.active_locks as f64);
-                gauge!("tflock_queue_depth").set(m.queue_depth as f64);
-                counter!("tflock_handoffs_total").absolute(m.handoffs);
-                counter!("tflock_expiries_total").absolute(m.expiries);
+    /// The Prometheus text, with the backend's counts as of now (`None`: unreachable
+    /// or not asked), the breaker's state and the webhooks' counts.
+    pub(crate) fn render(
+        &self,
+        backend: Option<BackendMetrics>,
+        breaker: Option<BreakerState>,
+        webhooks: Option<Vec<ReceiverStats>>,
+    ) -> String {
+        self.with(|| {
+            match backend {
+                Some(m) => {
+                    gauge!("tflock_backend_up").set(1.0);
+                    gauge!("tflock_active_locks").set(m.active_locks as f64);
+                    gauge!("tflock_queue_depth").set(m.queue_depth as f64);
+                    counter!("tflock_handoffs_total").absolute(m.handoffs);
+                    counter!("tflock_expiries_total").absolute(m.expiries);
+                }
+                None => gauge!("tflock_backend_up").set(0.0),
             }
-            None => gauge!("tflock_backend_up").set(0.0),
+            if let Some(b) = breaker {
+                gauge!("tflock_circuit_breaker_state").set(b.gauge());
+            }
+            for r in webhooks.unwrap_or_default() {
+                let receiver = r.receiver.to_string();
+                counter!("tflock_webhook_deliveries_total", "receiver" => receiver.clone(), "outcome" => "delivered")
+                    .absolute(r.delivered);
+                counter!("tflock_webhook_deliveries_total", "receiver" => receiver.clone(), "outcome" => "failed")
+                    .absolute(r.failed);
+                counter!("tflock_webhook_retries_total", "receiver" => receiver.clone())
+                    .absolute(r.retries);
+                counter!("tflock_webhook_dropped_total", "receiver" => receiver.clone())
+                    .absolute(r.dropped);
+                gauge!("tflock_webhook_queue_depth", "receiver" => receiver).set(r.queued as f64);
+            }
         });
         self.handle.run_upkeep();
         self.handle.render()
@@ -226,6 +258,26 @@ fn describe() {
         "tflock_backend_up",
         "1 when the backend answered the last scrape, else 0"
     );
+    describe_gauge!(
+        "tflock_circuit_breaker_state",
+        "The backend's circuit breaker: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        "tflock_webhook_deliveries_total",
+        "Webhook deliveries by receiver and outcome (delivered, failed after its retries)"
+    );
+    describe_counter!(
+        "tflock_webhook_retries_total",
+        "Webhook delivery attempts that were retried"
+    );
+    describe_counter!(
+        "tflock_webhook_dropped_total",
+        "Events dropped because a webhook receiver's queue was full (oldest first)"
+    );
+    describe_gauge!(
+        "tflock_webhook_queue_depth",
+        "Events waiting for delivery to a webhook receiver"
+    );
 }
 
 #[cfg(test)]
@@ -250,12 +302,17 @@ mod tests {
     fn render_has_operation_and_backend_series() {
         let m = Metrics::new();
         m.operation("acquire", "acquired", Duration::from_millis(2));
-        let text = m.render(Some(BackendMetrics {
-            active_locks: 3,
-            queue_depth: 2,
-            handoffs: 1,
-            expiries: 0,
-        }));
+        let text = m.render(
+            Some(BackendMetrics {
+                active_locks: 3,
+                queue_depth: 2,
+                handoffs: 1,
+                expiries: 0,
+            }),
+            Some(BreakerState::HalfOpen),
+            None,
+        );
+        assert!(text.contains("tflock_circuit_breaker_state 1"), "{text}");
         assert!(
             text.contains(r#"tflock_operations_total{operation="acquire",outcome="acquired"} 1"#),
             "{text}"

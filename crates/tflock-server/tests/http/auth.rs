@@ -5,11 +5,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tflock_server::{Secret, Tokens};
 
-use crate::common::{ADMIN_TOKEN, API_TOKEN, Options, TestServer, assert_error, resource};
+use crate::common::{ADMIN_TOKEN, API_TOKEN, Options, Store, TestServer, assert_error, resource};
 
-#[tokio::test]
-async fn mutating_calls_need_a_valid_token() {
-    let s = TestServer::start_with(Options::with_tokens()).await;
+async fn mutating_calls_need_a_valid_token(store: Store) {
+    let s = TestServer::start_with(store, Options::with_tokens()).await;
     let r = resource("o/r", "default");
     let acquire = json!({"resource": r, "owner": "o/r#1"});
 
@@ -98,9 +97,8 @@ async fn mutating_calls_need_a_valid_token() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn admin_calls_need_the_admin_token() {
-    let s = TestServer::start_with(Options::with_tokens()).await;
+async fn admin_calls_need_the_admin_token(store: Store) {
+    let s = TestServer::start_with(store, Options::with_tokens()).await;
     let r = resource("o/r", "default");
     let (status, _) = s
         .post_as(
@@ -147,15 +145,17 @@ async fn admin_calls_need_the_admin_token() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn without_an_admin_token_admin_calls_are_disabled() {
-    let s = TestServer::start_with(Options {
-        tokens: Tokens {
-            api: Secret::new(API_TOKEN),
-            admin: None,
+async fn without_an_admin_token_admin_calls_are_disabled(store: Store) {
+    let s = TestServer::start_with(
+        store,
+        Options {
+            tokens: Tokens {
+                api: Secret::new(API_TOKEN),
+                admin: None,
+            },
+            ..Options::default()
         },
-        ..Options::default()
-    })
+    )
     .await;
     let (status, body) = s
         .post_as(
@@ -210,7 +210,7 @@ fn captured_logs() -> &'static Captured {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(captured.clone())
             .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "tflock_server=trace,tflock_embedded=trace,axum=trace",
+                "tflock_server=trace,tflock_embedded=trace,tflock_redis=trace,tflock_health=trace,axum=trace",
             ))
             .with_ansi(false)
             .finish();
@@ -220,10 +220,9 @@ fn captured_logs() -> &'static Captured {
     })
 }
 
-#[tokio::test]
-async fn tokens_are_never_logged() {
+async fn tokens_are_never_logged(store: Store) {
     let captured = captured_logs();
-    let s = TestServer::start_with(Options::with_tokens()).await;
+    let s = TestServer::start_with(store, Options::with_tokens()).await;
     let r = resource("o/r", "default");
     let acquire = json!({"resource": r, "owner": "o/r#1"});
     for token in [API_TOKEN, ADMIN_TOKEN, "a-wrong-token"] {
@@ -251,3 +250,10 @@ async fn tokens_are_never_logged() {
         );
     }
 }
+
+crate::on_both_backends!(
+    mutating_calls_need_a_valid_token,
+    admin_calls_need_the_admin_token,
+    without_an_admin_token_admin_calls_are_disabled,
+    tokens_are_never_logged,
+);

@@ -1,15 +1,24 @@
-//! A real tflock server on an ephemeral loopback port over the real embedded backend
-//! in a temporary directory, and a small JSON client for it.
+//! A real tflock server on an ephemeral loopback port over a real backend (the
+//! embedded store in a temporary directory, or Redis under a fresh key prefix on a
+//! shared `redis-server`), and a small JSON client for it.
+//!
+//! Tests written once as `async fn name(store: Store)` run on both backends through
+//! [`on_both_backends!`], which makes `embedded::name` and `redis::name` tests.
 
+#![allow(dead_code)]
+
+use std::any::Any;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tflock_core::{Backend, LockSettings, ManualClock, SharedBackend, SharedClock, SystemClock};
+use tflock_core::{LockSettings, ManualClock, SharedBackend, SharedClock, SystemClock};
 use tflock_embedded::{EmbeddedBackend, EmbeddedConfig};
-use tflock_server::{AppState, Secret, Tokens, serve};
+use tflock_redis::{RedisBackend, RedisConfig};
+use tflock_server::{AppState, Limits, Secret, Tokens, WebhookConfig, serve};
+use tflock_testkit::{RedisOptions, RedisServer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -20,14 +29,76 @@ pub const EVENTUALLY: Duration = Duration::from_secs(10);
 pub const API_TOKEN: &str = "api-token-for-tests";
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
+/// Which real backend a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// The embedded store in a temporary directory.
+    Embedded,
+    /// Redis: a fresh key prefix on the shared `redis-server` ([`shared_redis`]).
+    Redis,
+}
+
+/// Makes `embedded::<name>` and `redis::<name>` tests of each `async fn <name>(Store)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Store::Embedded).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Store::Redis).await
+                }
+            )*
+        }
+    };
+}
+
+/// The `redis-server` the Redis tests of this binary share, each under its own key
+/// prefix. Started on first use; stopped when no running test holds it any more, so
+/// a run never leaves it (or its directory) behind.
+pub fn shared_redis() -> Arc<RedisServer> {
+    static SHARED: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(server) = slot.upgrade() {
+        return server;
+    }
+    let server = Arc::new(RedisServer::start(RedisOptions::default()));
+    *slot = Arc::downgrade(&server);
+    server
+}
+
+/// A Redis configuration for `server` under a fresh key prefix, with timeouts short
+/// enough for failure tests and long enough for a loaded two-core machine.
+pub fn redis_config(server: &RedisServer) -> RedisConfig {
+    RedisConfig {
+        key_prefix: format!("tflock-http-test:{}:", tflock_core::random_hex(6)),
+        connection_timeout: Duration::from_secs(2),
+        dial_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(2),
+        write_timeout: Duration::from_secs(2),
+        pool_timeout: Duration::from_secs(2),
+        ..RedisConfig::standalone(server.addr().to_string())
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub base: String,
     pub client: reqwest::Client,
-    pub backend: Arc<EmbeddedBackend>,
+    pub backend: SharedBackend,
+    pub store: Store,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
+    /// What the backend needs kept alive: a temporary directory, a Redis server.
+    _keep: Vec<Box<dyn Any + Send + Sync>>,
 }
 
 /// How to start a server.
@@ -35,6 +106,8 @@ pub struct Options {
     pub tokens: Tokens,
     pub settings: LockSettings,
     pub clock: SharedClock,
+    pub limits: Limits,
+    pub webhooks: Option<WebhookConfig>,
 }
 
 impl Default for Options {
@@ -43,6 +116,8 @@ impl Default for Options {
             tokens: Tokens::none(),
             settings: LockSettings::default(),
             clock: Arc::new(SystemClock),
+            limits: Limits::default(),
+            webhooks: None,
         }
     }
 }
@@ -67,24 +142,71 @@ impl Options {
     }
 }
 
+/// A fresh, empty backend of kind `store`, and what must outlive it.
+pub async fn open_backend(
+    store: Store,
+    settings: LockSettings,
+    clock: SharedClock,
+) -> (SharedBackend, Vec<Box<dyn Any + Send + Sync>>) {
+    match store {
+        Store::Embedded => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let backend = EmbeddedBackend::open(
+                EmbeddedConfig {
+                    path: dir.path().join("locks.redb"),
+                    settings,
+                },
+                clock,
+            )
+            .await
+            .expect("open the embedded store");
+            let backend: SharedBackend = backend;
+            (backend, vec![Box::new(dir)])
+        }
+        Store::Redis => {
+            let server = tokio::task::spawn_blocking(shared_redis)
+                .await
+                .expect("start redis");
+            let backend = RedisBackend::connect(redis_config(&server), settings, clock)
+                .await
+                .expect("connect to redis");
+            let backend: SharedBackend = backend;
+            (backend, vec![Box::new(server)])
+        }
+    }
+}
+
+impl Store {
+    /// The backend's name as the API reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Embedded => "embedded",
+            Store::Redis => "redis",
+        }
+    }
+}
+
 impl TestServer {
-    pub async fn start() -> Self {
-        Self::start_with(Options::default()).await
+    pub async fn start(store: Store) -> Self {
+        Self::start_with(store, Options::default()).await
     }
 
-    pub async fn start_with(opts: Options) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let backend = EmbeddedBackend::open(
-            EmbeddedConfig {
-                path: dir.path().join("locks.redb"),
-                settings: opts.settings,
-            },
-            opts.clock,
-        )
-        .await
-        .expect("open the embedded store");
-        let shared: SharedBackend = backend.clone();
-        let state = AppState::new(shared, opts.tokens);
+    pub async fn start_with(store: Store, opts: Options) -> Self {
+        let (backend, keep) = open_backend(store, opts.settings, opts.clock).await;
+        let mut state = AppState::new(backend.clone(), opts.tokens).with_limits(opts.limits);
+        if let Some(w) = opts.webhooks {
+            state = state.with_webhooks(w);
+        }
+        Self::serve_state(store, state, backend, keep).await
+    }
+
+    /// Serves `state` (over `backend`, which [`TestServer::shutdown`] closes).
+    pub async fn serve_state(
+        store: Store,
+        state: AppState,
+        backend: SharedBackend,
+        keep: Vec<Box<dyn Any + Send + Sync>>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -98,9 +220,10 @@ impl TestServer {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             backend,
+            store,
             shutdown: Some(tx),
             task: Some(task),
-            _dir: dir,
+            _keep: keep,
         }
     }
 
@@ -109,7 +232,7 @@ impl TestServer {
     }
 
     /// Sends a request; answers the status and the body as JSON (`Value::Null` when
-    /// the body is not JSON, which every API answer is).
+    /// the body is not JSON).
     pub async fn call(
         &self,
         method: Method,
@@ -144,8 +267,24 @@ impl TestServer {
         self.call(Method::GET, path, None, None).await
     }
 
+    pub async fn get_as(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None, Some(token)).await
+    }
+
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
         self.call(Method::DELETE, path, None, None).await
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("text")
     }
 
     /// Acquires `resource` for `owner` and returns the answer's lock (asserting it was

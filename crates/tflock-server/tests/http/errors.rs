@@ -4,9 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use tflock_core::Backend;
-
-use crate::common::{TestServer, assert_error, resource};
+use crate::common::{Store, TestServer, assert_error, resource};
 
 async fn acquire_raw(s: &TestServer, body: &str) -> (StatusCode, Value) {
     let resp = s
@@ -21,9 +19,8 @@ async fn acquire_raw(s: &TestServer, body: &str) -> (StatusCode, Value) {
     (status, resp.json().await.expect("a JSON answer"))
 }
 
-#[tokio::test]
-async fn bad_bodies_are_invalid_requests_naming_the_field() {
-    let s = TestServer::start().await;
+async fn bad_bodies_are_invalid_requests_naming_the_field(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     let (status, body) = acquire_raw(&s, "{not json").await;
     assert_error(
@@ -159,9 +156,8 @@ async fn bad_bodies_are_invalid_requests_naming_the_field() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_body_must_be_sent_as_json() {
-    let s = TestServer::start().await;
+async fn a_body_must_be_sent_as_json(store: Store) {
+    let s = TestServer::start(store).await;
     let body = json!({"resource": resource("o/r", "default"), "owner": "o#1"}).to_string();
     for content_type in [
         None,
@@ -189,9 +185,8 @@ async fn a_body_must_be_sent_as_json() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_oversized_body_is_413_as_json() {
-    let s = TestServer::start().await;
+async fn an_oversized_body_is_413_as_json(store: Store) {
+    let s = TestServer::start(store).await;
     let big = json!({"resource": resource("o/r", "default"), "owner": "o#1",
                      "note": "x".repeat(tflock_server::MAX_BODY_BYTES)});
     let (status, body) = s.post("/api/v1/locks/acquire", big).await;
@@ -205,9 +200,8 @@ async fn an_oversized_body_is_413_as_json() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn bad_queries_name_the_parameter() {
-    let s = TestServer::start().await;
+async fn bad_queries_name_the_parameter(store: Store) {
+    let s = TestServer::start(store).await;
     for (path, field) in [
         ("/api/v1/locks?limit=abc", "limit"),
         ("/api/v1/locks?limit=0", "limit"),
@@ -231,9 +225,8 @@ async fn bad_queries_name_the_parameter() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods_answer_json() {
-    let s = TestServer::start().await;
+async fn unknown_routes_and_methods_answer_json(store: Store) {
+    let s = TestServer::start(store).await;
     let (status, body) = s.get("/api/v1/nothing-here").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found", None);
     let (status, body) = s
@@ -249,9 +242,8 @@ async fn unknown_routes_and_methods_answer_json() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_closed_backend_answers_503_with_retry_after() {
-    let s = TestServer::start().await;
+async fn a_closed_backend_answers_503_with_retry_after(store: Store) {
+    let s = TestServer::start(store).await;
     s.backend.close().await;
     let resp = s
         .client
@@ -298,3 +290,12 @@ async fn a_closed_backend_answers_503_with_retry_after() {
     );
     s.shutdown().await;
 }
+
+crate::on_both_backends!(
+    bad_bodies_are_invalid_requests_naming_the_field,
+    a_body_must_be_sent_as_json,
+    an_oversized_body_is_413_as_json,
+    bad_queries_name_the_parameter,
+    unknown_routes_and_methods_answer_json,
+    a_closed_backend_answers_503_with_retry_after,
+);

@@ -7,11 +7,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tflock_core::ManualClock;
 
-use crate::common::{Options, TestServer, assert_error, query, resource};
+use crate::common::{Options, Store, TestServer, assert_error, query, resource};
 
-#[tokio::test]
-async fn acquire_list_get_release_round_trip() {
-    let s = TestServer::start().await;
+async fn acquire_list_get_release_round_trip(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("myorg/myrepo", "default");
     let (status, body) = s
         .post(
@@ -73,9 +72,8 @@ async fn acquire_list_get_release_round_trip() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_held_lock_is_reported_without_its_lease_id() {
-    let s = TestServer::start().await;
+async fn a_held_lock_is_reported_without_its_lease_id(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     let first = s.lock(&r, "o/r#1").await;
     let (status, body) = s
@@ -102,9 +100,8 @@ async fn a_held_lock_is_reported_without_its_lease_id() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn release_by_a_stranger_or_of_a_free_lock_is_refused() {
-    let s = TestServer::start().await;
+async fn release_by_a_stranger_or_of_a_free_lock_is_refused(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     let (status, body) = s
         .post(
@@ -124,10 +121,9 @@ async fn release_by_a_stranger_or_of_a_free_lock_is_refused() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn refresh_extends_and_an_expired_lease_is_lost() {
+async fn refresh_extends_and_an_expired_lease_is_lost(store: Store) {
     let clock = ManualClock::starting_now();
-    let s = TestServer::start_with(Options::with_clock(clock.clone())).await;
+    let s = TestServer::start_with(store, Options::with_clock(clock.clone())).await;
     let r = resource("o/r", "default");
     let (_, body) = s
         .post(
@@ -162,9 +158,8 @@ async fn refresh_extends_and_an_expired_lease_is_lost() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn transfer_hands_a_new_lease_and_token_to_the_new_owner() {
-    let s = TestServer::start().await;
+async fn transfer_hands_a_new_lease_and_token_to_the_new_owner(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     let lock = s.lock(&r, "o/r#1").await;
     let old = lock["lease_id"].as_str().expect("lease");
@@ -210,9 +205,8 @@ async fn transfer_hands_a_new_lease_and_token_to_the_new_owner() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn force_release_and_force_transfer_need_no_lease() {
-    let s = TestServer::start().await;
+async fn force_release_and_force_transfer_need_no_lease(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     let lock = s.lock(&r, "o/r#1").await;
     let (status, body) = s
@@ -238,9 +232,8 @@ async fn force_release_and_force_transfer_need_no_lease() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn release_pull_releases_exactly_that_pull() {
-    let s = TestServer::start().await;
+async fn release_pull_releases_exactly_that_pull(store: Store) {
+    let s = TestServer::start(store).await;
     let acquire = |repo: &'static str, ws: &'static str, pull: u64| {
         json!({"resource": resource(repo, ws), "owner": format!("{repo}#{pull}"),
                "pull": {"num": pull}})
@@ -302,9 +295,8 @@ async fn release_pull_releases_exactly_that_pull() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn listing_filters_and_pages_in_key_order() {
-    let s = TestServer::start().await;
+async fn listing_filters_and_pages_in_key_order(store: Store) {
+    let s = TestServer::start(store).await;
     for (repo, ws, owner, user) in [
         ("a/one", "default", "a/one#1", "alice"),
         ("a/one", "prod", "a/one#2", "bob"),
@@ -345,9 +337,8 @@ async fn listing_filters_and_pages_in_key_order() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn atlantis_list_has_atlantis_field_names() {
-    let s = TestServer::start().await;
+async fn atlantis_list_has_atlantis_field_names(store: Store) {
+    let s = TestServer::start(store).await;
     let (status, empty) = s.get("/api/locks").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(empty, json!({"Locks": []}));
@@ -375,3 +366,15 @@ async fn atlantis_list_has_atlantis_field_names() {
     assert_eq!(l["Time"], b["lock"]["acquired_at"]);
     s.shutdown().await;
 }
+
+crate::on_both_backends!(
+    acquire_list_get_release_round_trip,
+    a_held_lock_is_reported_without_its_lease_id,
+    release_by_a_stranger_or_of_a_free_lock_is_refused,
+    refresh_extends_and_an_expired_lease_is_lost,
+    transfer_hands_a_new_lease_and_token_to_the_new_owner,
+    force_release_and_force_transfer_need_no_lease,
+    release_pull_releases_exactly_that_pull,
+    listing_filters_and_pages_in_key_order,
+    atlantis_list_has_atlantis_field_names,
+);

@@ -6,38 +6,50 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::{EVENTUALLY, TestServer, resource};
+use crate::common::{EVENTUALLY, Store, TestServer, resource};
 
-#[tokio::test]
-async fn health_endpoints_report_a_healthy_embedded_backend() {
-    let s = TestServer::start().await;
+async fn health_endpoints_report_a_healthy_backend(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     s.lock(&r, "o/r#1").await;
     let (status, body) = s.get("/healthz").await;
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
     let (status, body) = s.get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["backend"], "embedded");
+    assert_eq!(body, json!({"status": "ready", "backend": store.name()}));
 
     let (status, body) = s.get("/api/health/locking").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "healthy");
-    assert_eq!(body["backend"], "embedded");
-    assert_eq!(body["health"]["healthy"], true);
+    assert_eq!(body["backend"], store.name());
+    assert_eq!(body["circuit_breaker"], "none", "no breaker configured");
+    assert_eq!(body["health"]["circuit_breaker_state"], "none");
+    assert!(body["health"]["response_time"].is_string(), "{body}");
+    assert!(body["health"]["last_health_check"].is_string(), "{body}");
+    assert_eq!(body["check"]["healthy"], true);
     assert_eq!(body["metrics"]["active_locks"], 1);
     assert_eq!(body["metrics"]["queue_depth"], 0);
+    assert_eq!(body["performance"]["active_locks"], 1);
+    assert_eq!(body["performance"]["queue_depth"], 0);
     assert!(
         body["performance"]["operations"].as_u64() >= Some(1),
         "{body}"
     );
     assert!(body["performance"]["p99_latency"].is_string(), "{body}");
-    assert_eq!(body["circuit_breaker"], "none");
+    assert_eq!(body["performance"]["error_rate"], 0.0);
+    assert!(body.get("error").is_none(), "{body}");
+    if store == Store::Redis {
+        assert!(
+            body["health"]["connections_active"].as_i64() >= Some(1),
+            "Redis reports its clients: {body}"
+        );
+        assert!(body["health"]["memory_usage"].as_i64() > Some(0), "{body}");
+    }
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn metrics_count_operations_and_show_locks_and_queue_depth() {
-    let s = TestServer::start().await;
+async fn metrics_count_operations_and_show_locks_and_queue_depth(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     s.lock(&r, "o/r#1").await;
     let (status, _) = s
@@ -108,9 +120,8 @@ async fn read_events(resp: &mut reqwest::Response, n: usize) -> Vec<(String, ser
     events
 }
 
-#[tokio::test]
-async fn events_stream_lock_and_queue_events() {
-    let s = TestServer::start().await;
+async fn events_stream_lock_and_queue_events(store: Store) {
+    let s = TestServer::start(store).await;
     let mut stream = s
         .client
         .get(s.url("/api/events"))
@@ -145,3 +156,9 @@ async fn events_stream_lock_and_queue_events() {
     let stopped = tokio::time::timeout(Duration::from_secs(10), s.shutdown()).await;
     assert!(stopped.is_ok(), "an open event stream held up shutdown");
 }
+
+crate::on_both_backends!(
+    health_endpoints_report_a_healthy_backend,
+    metrics_count_operations_and_show_locks_and_queue_depth,
+    events_stream_lock_and_queue_events,
+);

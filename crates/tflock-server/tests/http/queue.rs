@@ -9,11 +9,10 @@ use serde_json::json;
 use tflock_core::LockSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{EVENTUALLY, Options, TestServer, assert_error, query, resource};
+use crate::common::{EVENTUALLY, Options, Store, TestServer, assert_error, query, resource};
 
-#[tokio::test]
-async fn a_waiting_acquire_is_granted_the_moment_the_holder_unlocks() {
-    let s = TestServer::start().await;
+async fn a_waiting_acquire_is_granted_the_moment_the_holder_unlocks(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     let first = s.lock(&r, "o/r#1").await;
 
@@ -73,9 +72,8 @@ async fn a_waiting_acquire_is_granted_the_moment_the_holder_unlocks() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_waiter_that_disconnects_leaves_the_queue() {
-    let s = TestServer::start().await;
+async fn a_waiter_that_disconnects_leaves_the_queue(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     let first = s.lock(&r, "o/r#1").await;
 
@@ -132,9 +130,8 @@ async fn a_waiter_that_disconnects_leaves_the_queue() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_wait_that_runs_out_answers_timeout() {
-    let s = TestServer::start().await;
+async fn a_wait_that_runs_out_answers_timeout(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     s.lock(&r, "o/r#1").await;
     let (status, body) = s
@@ -152,9 +149,8 @@ async fn a_wait_that_runs_out_answers_timeout() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn shutdown_ends_a_waiting_acquire_with_backend_unavailable() {
-    let s = TestServer::start().await;
+async fn shutdown_ends_a_waiting_acquire_with_backend_unavailable(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     s.lock(&r, "o/r#1").await;
     let client = s.client.clone();
@@ -189,9 +185,8 @@ async fn shutdown_ends_a_waiting_acquire_with_backend_unavailable() {
     drop(backend);
 }
 
-#[tokio::test]
-async fn reservations_user_queue_and_cancellation() {
-    let s = TestServer::start().await;
+async fn reservations_user_queue_and_cancellation(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     s.lock(&r, "o/r#1").await;
     let (status, body) = s
@@ -230,9 +225,8 @@ async fn reservations_user_queue_and_cancellation() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_cancelled_waiter_is_answered_cancelled() {
-    let s = TestServer::start().await;
+async fn a_cancelled_waiter_is_answered_cancelled(store: Store) {
+    let s = TestServer::start(store).await;
     let r = resource("o/r", "default");
     s.lock(&r, "o/r#1").await;
     let client = s.client.clone();
@@ -262,15 +256,17 @@ async fn a_cancelled_waiter_is_answered_cancelled() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_full_queue_answers_queue_full() {
-    let s = TestServer::start_with(Options {
-        settings: LockSettings {
-            max_queue_size: 1,
-            ..LockSettings::default()
+async fn a_full_queue_answers_queue_full(store: Store) {
+    let s = TestServer::start_with(
+        store,
+        Options {
+            settings: LockSettings {
+                max_queue_size: 1,
+                ..LockSettings::default()
+            },
+            ..Options::default()
         },
-        ..Options::default()
-    })
+    )
     .await;
     let r = resource("o/r", "default");
     s.lock(&r, "o/r#1").await;
@@ -287,3 +283,13 @@ async fn a_full_queue_answers_queue_full() {
     );
     s.shutdown().await;
 }
+
+crate::on_both_backends!(
+    a_waiting_acquire_is_granted_the_moment_the_holder_unlocks,
+    a_waiter_that_disconnects_leaves_the_queue,
+    a_wait_that_runs_out_answers_timeout,
+    shutdown_ends_a_waiting_acquire_with_backend_unavailable,
+    reservations_user_queue_and_cancellation,
+    a_cancelled_waiter_is_answered_cancelled,
+    a_full_queue_answers_queue_full,
+);

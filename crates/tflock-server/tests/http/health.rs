@@ -1,0 +1,306 @@
+//! The server with a circuit breaker (`AppState::with_health` over a
+//! `tflock_health::GuardedBackend`): the health report shows the breaker and the
+//! spec's metrics, `backend_unavailable` answers carry the breaker's `Retry-After`,
+//! and a Redis that stops answering (SIGSTOP) opens the breaker, which half-opens and
+//! closes again once Redis is back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tflock_core::{LockSettings, SharedBackend, SystemClock};
+use tflock_health::{BreakerSettings, GuardedBackend, Health, spawn_monitor};
+use tflock_redis::{RedisBackend, RedisConfig};
+use tflock_server::{AppState, Limits, Tokens};
+use tflock_testkit::{RedisOptions, RedisServer};
+
+use crate::common::{EVENTUALLY, Store, TestServer, open_backend, redis_config, resource};
+
+/// GET `path` until `accept` holds for (status, Retry-After, body), within `bound`.
+async fn poll_until(
+    s: &TestServer,
+    path: &str,
+    bound: Duration,
+    what: &str,
+    accept: impl Fn(StatusCode, Option<u64>, &Value) -> bool,
+) -> (StatusCode, Option<u64>, Value) {
+    let started = Instant::now();
+    loop {
+        let resp = s.client.get(s.url(path)).send().await.expect("send");
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if accept(status, retry_after, &body) {
+            return (status, retry_after, body);
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{what}: not within {bound:?}; last answer {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_paused_redis_opens_the_breaker_and_recovery_closes_it() {
+    let redis =
+        tokio::task::spawn_blocking(|| Arc::new(RedisServer::start(RedisOptions::default())))
+            .await
+            .expect("start redis");
+    let config = RedisConfig {
+        read_timeout: Duration::from_millis(500),
+        write_timeout: Duration::from_millis(500),
+        ..redis_config(&redis)
+    };
+    let inner: SharedBackend =
+        RedisBackend::connect(config, LockSettings::default(), Arc::new(SystemClock))
+            .await
+            .expect("connect");
+    let reset = Duration::from_secs(2);
+    let health = Arc::new(Health::new(
+        "redis",
+        BreakerSettings {
+            failure_threshold: 2,
+            reset_timeout: reset,
+            half_open_max_requests: 1,
+        },
+        true,
+        Arc::new(SystemClock),
+    ));
+    let guarded: SharedBackend = Arc::new(GuardedBackend::new(inner.clone(), health.clone()));
+    let monitor = spawn_monitor(
+        inner.clone(),
+        health.clone(),
+        Duration::from_millis(100),
+        Duration::from_millis(300),
+    );
+    let state = AppState::new(guarded.clone(), Tokens::none())
+        .with_health(health.clone())
+        .with_limits(Limits {
+            request_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        });
+    let s =
+        TestServer::serve_state(Store::Redis, state, guarded, vec![Box::new(redis.clone())]).await;
+
+    // Healthy: breaker closed, the monitor's check and the spec's metrics shown.
+    s.lock(&resource("o/r", "default"), "o/r#1").await;
+    let (_, _, body) = poll_until(
+        &s,
+        "/api/health/locking",
+        EVENTUALLY,
+        "a first check",
+        |st, _, b| st == StatusCode::OK && !b["health"]["last_health_check"].is_null(),
+    )
+    .await;
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["backend"], "redis");
+    assert_eq!(body["circuit_breaker"], "closed");
+    assert_eq!(body["health"]["circuit_breaker_state"], "closed");
+    assert!(
+        body["health"]["connections_active"].as_i64() >= Some(1),
+        "{body}"
+    );
+    assert!(body["health"]["memory_usage"].as_i64() > Some(0), "{body}");
+    assert_eq!(body["check"]["healthy"], true, "{body}");
+    assert_eq!(body["performance"]["active_locks"], 1, "{body}");
+    assert!(
+        body["performance"]["operations"].as_u64() >= Some(1),
+        "{body}"
+    );
+    assert!(
+        body["performance"]["operations_per_second"].as_f64() > Some(0.0),
+        "{body}"
+    );
+    assert_eq!(body["metrics"]["active_locks"], 1, "{body}");
+
+    // Redis stops answering: failed checks open the breaker.
+    let paused = redis.clone();
+    tokio::task::spawn_blocking(move || paused.pause())
+        .await
+        .expect("pause");
+    let (status, retry_after, body) = poll_until(
+        &s,
+        "/api/health/locking",
+        EVENTUALLY,
+        "the breaker opens",
+        |_, _, b| b["circuit_breaker"] == "open",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "unhealthy");
+    assert_eq!(body["health"]["circuit_breaker_state"], "open");
+    assert_eq!(body["error"]["code"], "backend_unavailable", "{body}");
+    assert!(
+        matches!(retry_after, Some(1..=2)),
+        "Retry-After is the breaker's remaining reset time: {retry_after:?}"
+    );
+
+    // Calls fail fast with the breaker's Retry-After instead of waiting on Redis.
+    let started = Instant::now();
+    let resp = s
+        .client
+        .get(s.url("/api/v1/locks"))
+        .send()
+        .await
+        .expect("send");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after: Option<u64> = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    assert!(matches!(retry_after, Some(1..=2)), "{retry_after:?}");
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "backend_unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("circuit breaker is open")),
+        "{body}"
+    );
+    let (status, body) = s.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        s.metrics().await.contains("tflock_circuit_breaker_state 2"),
+        "the breaker's state is a gauge"
+    );
+
+    // Redis is back. With the monitor stopped nothing probes, so the breaker is seen
+    // half-open once its reset time has passed...
+    monitor.abort();
+    let resumed = redis.clone();
+    tokio::task::spawn_blocking(move || resumed.resume())
+        .await
+        .expect("resume");
+    let (status, _, body) = poll_until(
+        &s,
+        "/api/health/locking",
+        reset + EVENTUALLY,
+        "the breaker half-opens",
+        |_, _, b| b["circuit_breaker"] == "half_open",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["health"]["circuit_breaker_state"], "half_open");
+    // ...reading health spends no probe: it is still half-open.
+    let (_, body) = s.get("/api/health/locking").await;
+    assert_eq!(body["circuit_breaker"], "half_open", "{body}");
+
+    // The monitor runs again: its next check is the probe; it succeeds and closes
+    // the breaker.
+    let monitor = spawn_monitor(
+        inner.clone(),
+        health.clone(),
+        Duration::from_millis(100),
+        Duration::from_millis(300),
+    );
+    let (_, _, body) = poll_until(
+        &s,
+        "/api/health/locking",
+        reset + EVENTUALLY,
+        "the breaker closes",
+        |st, _, b| st == StatusCode::OK && b["circuit_breaker"] == "closed",
+    )
+    .await;
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["health"]["circuit_breaker_state"], "closed");
+    assert!(body.get("error").is_none(), "{body}");
+    let (status, body) = s.get("/api/v1/locks").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = s.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    monitor.abort();
+    s.shutdown().await;
+}
+
+/// Over the embedded store: a closed store fails calls until the breaker opens, and
+/// from then on `Retry-After` is the breaker's (30 s), not the default 1 s.
+#[tokio::test]
+async fn retry_after_comes_from_the_breaker_while_it_is_open() {
+    let (inner, keep) = open_backend(
+        Store::Embedded,
+        LockSettings::default(),
+        Arc::new(SystemClock),
+    )
+    .await;
+    let health = Arc::new(Health::new(
+        "embedded",
+        BreakerSettings {
+            failure_threshold: 3,
+            reset_timeout: Duration::from_secs(30),
+            half_open_max_requests: 1,
+        },
+        true,
+        Arc::new(SystemClock),
+    ));
+    let guarded: SharedBackend = Arc::new(GuardedBackend::new(inner.clone(), health.clone()));
+    let state = AppState::new(guarded.clone(), Tokens::none()).with_health(health.clone());
+    let s = TestServer::serve_state(Store::Embedded, state, guarded, keep).await;
+    let r = resource("o/r", "default");
+    s.lock(&r, "o/r#1").await;
+    let (status, body) = s.get("/api/health/locking").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["circuit_breaker"], "closed");
+    assert_eq!(body["backend"], "embedded");
+    assert!(
+        body["health"]["last_health_check"].is_null(),
+        "no monitor ran: {body}"
+    );
+
+    inner.close().await;
+    let acquire = json!({"resource": r, "owner": "o/r#2"});
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let resp = s
+            .client
+            .post(s.url("/api/v1/locks/acquire"))
+            .json(&acquire)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        seen.push(
+            resp.headers()["retry-after"]
+                .to_str()
+                .expect("ascii")
+                .parse::<u64>()
+                .expect("seconds"),
+        );
+    }
+    assert_eq!(seen[..2], [1, 1], "closed breaker: the default {seen:?}");
+    assert!(
+        seen[3] > 20 && seen[3] <= 30,
+        "open breaker: its reset time {seen:?}"
+    );
+    let resp = s
+        .client
+        .get(s.url("/api/health/locking"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry_after > 20, "{retry_after}");
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["circuit_breaker"], "open");
+    assert!(
+        body["performance"]["error_rate"].as_f64() > Some(0.0),
+        "{body}"
+    );
+    s.shutdown().await;
+}
