@@ -66,7 +66,7 @@ impl From<Lock> for LockDetail {
 }
 
 /// `GET /api/locks`: every held lock.
-#[utoipa::path(get, path = "/api/locks", tag = "atlantis",
+#[utoipa::path(get, path = "/api/locks", tag = "atlantis", operation_id = "atlantis_list_locks",
     summary = "Every held lock, in Atlantis's own shape",
     description = "`PullID` is a number sent as a string, as Atlantis sends it.",
     responses((status = 200, description = "Every held lock", body = ListLocksResult)))]

@@ -192,6 +192,75 @@ impl Modify for CommonAnswers {
                 add_common(op);
             }
         }
+        add_links(doc);
+    }
+}
+
+/// OpenAPI links from an acquire to what its answer lets a caller do next (release or
+/// refresh with the lease id when it acquired, read the lock and queue, cancel the
+/// reservation when it reserved), so clients and stateful test tools can follow them.
+fn add_links(doc: &mut utoipa::openapi::OpenApi) {
+    use serde_json::json;
+    use utoipa::openapi::link::LinkBuilder;
+    let Some(acquire) = doc
+        .paths
+        .paths
+        .get_mut("/api/v1/locks/acquire")
+        .and_then(|item| item.post.as_mut())
+    else {
+        return;
+    };
+    let Some(RefOr::T(ok)) = acquire.responses.responses.get_mut("200") else {
+        return;
+    };
+    let resource_params = |b: LinkBuilder| {
+        b.parameter("repo", "$response.body#/lock/resource/repo")
+            .parameter("path", "$response.body#/lock/resource/path")
+            .parameter("workspace", "$response.body#/lock/resource/workspace")
+            .parameter("project_name", "$response.body#/lock/resource/project_name")
+    };
+    let links = [
+        (
+            "Release",
+            LinkBuilder::new()
+                .operation_id("release")
+                .description("Release the lock just acquired, with its lease id")
+                .request_body(Some(json!({
+                    "resource": "$response.body#/lock/resource",
+                    "lease_id": "$response.body#/lock/lease_id"
+                }))),
+        ),
+        (
+            "Refresh",
+            LinkBuilder::new()
+                .operation_id("refresh")
+                .description("Extend the lock just acquired")
+                .request_body(Some(json!({
+                    "resource": "$response.body#/lock/resource",
+                    "lease_id": "$response.body#/lock/lease_id",
+                    "ttl": "1h"
+                }))),
+        ),
+        (
+            "GetLock",
+            resource_params(LinkBuilder::new().operation_id("get_lock"))
+                .description("Read the resource's holder"),
+        ),
+        (
+            "QueueStatus",
+            resource_params(LinkBuilder::new().operation_id("queue_status"))
+                .description("Read the resource's queue"),
+        ),
+        (
+            "CancelEntry",
+            LinkBuilder::new()
+                .operation_id("cancel_entry")
+                .description("Cancel the queue entry of a reservation")
+                .parameter("entry_id", "$response.body#/queue/entry_id"),
+        ),
+    ];
+    for (name, link) in links {
+        ok.links.insert(name.to_string(), RefOr::T(link.build()));
     }
 }
 
