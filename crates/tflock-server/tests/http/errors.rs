@@ -299,3 +299,56 @@ crate::on_both_backends!(
     unknown_routes_and_methods_answer_json,
     a_closed_backend_answers_503_with_retry_after,
 );
+
+/// A record the store cannot read (here: a Redis lock record whose owner metadata is
+/// not JSON) is 500 `internal`, not a crash and not a made-up answer; the server
+/// serves on.
+#[tokio::test]
+async fn an_unreadable_record_is_500_internal() {
+    let redis = tokio::task::spawn_blocking(crate::common::shared_redis)
+        .await
+        .expect("start redis");
+    let config = crate::common::redis_config(&redis);
+    let prefix = config.key_prefix.clone();
+    let backend: tflock_core::SharedBackend = tflock_redis::RedisBackend::connect(
+        config,
+        tflock_core::LockSettings::default(),
+        std::sync::Arc::new(tflock_core::SystemClock),
+    )
+    .await
+    .expect("connect");
+    let state = tflock_server::AppState::new(backend.clone(), tflock_server::Tokens::none());
+    let s =
+        TestServer::serve_state(Store::Redis, state, backend, vec![Box::new(redis.clone())]).await;
+    let r = resource("o/r", "default");
+    s.lock(&r, "o/r#1").await;
+
+    let cli = redis.clone();
+    tokio::task::spawn_blocking(move || {
+        let keys = cli.redis_cli(["KEYS", &format!("{prefix}*lock:*")]);
+        let key = keys.lines().next().expect("the lock's record");
+        assert_eq!(cli.redis_cli(["HSET", key, "meta", "{not json"]), "0");
+    })
+    .await
+    .expect("corrupt the record");
+
+    let (status, body) = s
+        .get(&format!("/api/v1/lock?{}", crate::common::query(&r)))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        None,
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("malformed owner metadata")),
+        "{body}"
+    );
+    let (status, _) = s.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    s.shutdown().await;
+}

@@ -375,4 +375,57 @@ async fn connections_above_the_cap_wait_for_a_free_one() {
     s.shutdown().await;
 }
 
+/// Reads until the server closes the connection; answers how long that took and
+/// what was read.
+async fn read_until_closed(c: &mut tokio::net::TcpStream) -> (Duration, String) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(EVENTUALLY, c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the connection stayed open for {EVENTUALLY:?}"),
+        }
+    }
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&got).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_lose_their_place() {
+    let s = TestServer::start_with(
+        Store::Embedded,
+        with_limits(Limits {
+            header_read_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        }),
+    )
+    .await;
+    // A head that never completes.
+    let mut slow = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let (took, _) = read_until_closed(&mut slow).await;
+    assert!(took < Duration::from_secs(3), "{took:?}");
+
+    // A keep-alive connection, idle after one answer.
+    let mut idle = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (took, answer) = read_until_closed(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    s.shutdown().await;
+}
+
 crate::on_both_backends!(a_wait_is_clamped_to_max_wait);
