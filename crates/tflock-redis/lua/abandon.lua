@@ -4,14 +4,14 @@
 -- window stays open for a retry to take the grant over.
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   storage key
--- ARGV[7]   entry id
--- ARGV[8]   '1' when the call had a request id
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   storage key
+-- ARGV[8]   entry id
+-- ARGV[9]   '1' when the call had a request id
 --
 -- Reply (JSON): r = 'removed', 'released' or 'none'; plus ev/ho/now.
 
-local sk, id, has_rid = ARGV[6], ARGV[7], ARGV[8] == '1'
+local sk, id, has_rid = ARGV[7], ARGV[8], ARGV[9] == '1'
 redis.call('DEL', k_wake(id))
 local e = remove_entry(sk, id)
 if e then

@@ -1,13 +1,13 @@
 -- cancel.lua: CancelQueueEntry: removes an entry by id; a blocked waiter is told.
 --
 -- KEYS[1]   bucket prefix (see prelude); the bucket is the id's first two digits
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   entry id
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   entry id
 --
 -- Reply (JSON): r = 'nf', or 'ok' with entry = its view (position before removal);
 -- plus ev/ho/now.
 
-local id = ARGV[6]
+local id = ARGV[7]
 local sk = redis.call('HGET', K_EIDX, id)
 if not sk then return reply({ r = 'nf' }) end
 local pos = position(sk, id)

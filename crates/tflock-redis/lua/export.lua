@@ -3,15 +3,15 @@
 -- through each bucket and merges the 64.
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   start after this storage key ('' for the start)
--- ARGV[7]   most resources to return
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   start after this storage key ('' for the start)
+-- ARGV[8]   most resources to return
 --
 -- Reply (JSON): items = list of { sk, lock (with its lease; absent when free or
 -- expired), entries (raw, every kind), token (last fencing token, '0' for none) },
 -- done = true when the bucket has nothing after the last item; plus ev/ho/now.
 
-local after, want = ARGV[6], tonumber(ARGV[7])
+local after, want = ARGV[7], tonumber(ARGV[8])
 local min = '-'
 if after ~= '' then min = '(' .. after end
 

@@ -8,24 +8,24 @@
 -- only counts.
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   storage key
--- ARGV[7]   '1' for a dry run
--- ARGV[8]   '1' to replace a lock held under another lease
--- ARGV[9]   the snapshot's last token for the resource
--- ARGV[10]  the lock as JSON (owner user pull meta prio lease token acquired expires
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   storage key
+-- ARGV[8]   '1' for a dry run
+-- ARGV[9]   '1' to replace a lock held under another lease
+-- ARGV[10]   the snapshot's last token for the resource
+-- ARGV[11]  the lock as JSON (owner user pull meta prio lease token acquired expires
 --           ttl, every value a string; lease '' for none), or ''
--- ARGV[11]  the reservations as a JSON list, each as entries:<sk> stores it
+-- ARGV[12]  the reservations as a JSON list, each as entries:<sk> stores it
 --
 -- Reply (JSON): imported, unchanged, expired, queued, retokened (0 or more),
 -- conflict (bool); plus ev/ho/now.
 
-local sk = ARGV[6]
-local dry, overwrite = ARGV[7] == '1', ARGV[8] == '1'
-local last = tonumber(ARGV[9])
+local sk = ARGV[7]
+local dry, overwrite = ARGV[8] == '1', ARGV[9] == '1'
+local last = tonumber(ARGV[10])
 local lock = nil
-if ARGV[10] ~= '' then lock = cjson.decode(ARGV[10]) end
-local entries = cjson.decode(ARGV[11])
+if ARGV[11] ~= '' then lock = cjson.decode(ARGV[11]) end
+local entries = cjson.decode(ARGV[12])
 
 -- A dry run does not settle (that would write); an expired lease counts as gone, as
 -- settling would make it.

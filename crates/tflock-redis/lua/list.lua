@@ -2,20 +2,20 @@
 -- key, in key order, filtered. The client merges the 64 buckets.
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   start after this storage key ('' for the start)
--- ARGV[7]   most matches to return
--- ARGV[8]   repository filter or ''
--- ARGV[9]   owner filter or ''
--- ARGV[10]  username filter or ''
--- ARGV[11]  most index members to scan in this call
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   start after this storage key ('' for the start)
+-- ARGV[8]   most matches to return
+-- ARGV[9]   repository filter or ''
+-- ARGV[10]   owner filter or ''
+-- ARGV[11]  username filter or ''
+-- ARGV[12]  most index members to scan in this call
 --
 -- Reply (JSON): locks (public, each with sk), last = the last storage key scanned,
 -- done = true when the bucket has nothing after `last`; plus ev/ho/now.
 
-local after, want = ARGV[6], tonumber(ARGV[7])
-local repo, owner, user = ARGV[8], ARGV[9], ARGV[10]
-local cap = tonumber(ARGV[11])
+local after, want = ARGV[7], tonumber(ARGV[8])
+local repo, owner, user = ARGV[9], ARGV[10], ARGV[11]
+local cap = tonumber(ARGV[12])
 -- Only the repository's keys when filtered: they start with repo SEP and sort below
 -- repo '\32' (no part holds a control character).
 local prefix = repo ~= '' and (repo .. SEP) or ''

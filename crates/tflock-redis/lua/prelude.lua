@@ -9,7 +9,11 @@
 -- ARGV[3]  starvation_threshold in µs
 -- ARGV[4]  max_priority_boost (0..3)
 -- ARGV[5]  seed: 32 random hex digits; lease and entry ids are derived from it
--- ARGV[6..] the script's own arguments (see its header)
+-- ARGV[6]  events: '' (not published), else 'c' or 's' and the origin (the calling
+--          backend's instance id): this call's events are published, tagged with the
+--          origin, on the classic channel `<key_prefix>events` ('c') or on the
+--          bucket's sharded channel `P{b:NN}:events` ('s', Redis 7 SPUBLISH)
+-- ARGV[7..] the script's own arguments (see its header)
 --
 -- Numbers: Lua numbers are doubles. µs timestamps (~1.8e15) and tokens are exact
 -- below 2^53, but tostring() prints 14 digits, so every number that leaves a script
@@ -30,11 +34,19 @@ local STARVE = tonumber(ARGV[3])
 if STARVE < 1 then STARVE = 1 end
 local MAXBOOST = tonumber(ARGV[4])
 local SEED = ARGV[5]
+local PUB = string.sub(ARGV[6], 1, 1)
+local ORIGIN = string.sub(ARGV[6], 2)
+-- The key prefix without the bucket's tag `{b:NN}:` (7 bytes).
+local ROOT = string.sub(P, 1, #P - 7)
 
 -- What this call did, returned to the client: events to publish, hand-off count.
 local EV = {}
 local HANDOFFS = 0
 local IDS = 0
+-- Set by a duty a leader runs under its epoch (fenced): published with its events.
+local EPOCH = nil
+local PUBS = 0
+local PUBERR = nil
 
 local function fmt(n) return string.format('%.0f', n) end
 
@@ -45,6 +57,8 @@ local K_TIDX = P .. 'tidx'          -- zset (score 0): storage keys with a token
 local K_EIDX = P .. 'eidx'          -- hash: entry id -> storage key
 local K_ANS = P .. 'answers'        -- hash: owner SEP request_id -> answer JSON
 local K_ANSDUE = P .. 'answers_due' -- zset: answer key -> when it is forgotten
+local K_ENODE = P .. 'enode'        -- hash: waiter entry id -> id of the node serving it
+local K_FENCE = P .. 'fence'        -- string: highest leader epoch that acted on the bucket
 
 local function k_lock(sk) return P .. 'lock:' .. sk end
 local function k_token(sk) return P .. 'token:' .. sk end
@@ -154,6 +168,7 @@ local function remove_entry(sk, id)
   redis.call('HDEL', k_entries(sk), id)
   redis.call('ZREM', k_lane(e.prio, sk), id)
   redis.call('HDEL', K_EIDX, id)
+  redis.call('HDEL', K_ENODE, id)
   redis.call('ZREM', K_EDL, id)
   return e
 end
@@ -260,8 +275,44 @@ local function remember(owner, rid, retention, answer)
   redis.call('ZADD', K_ANSDUE, fmt(NOW + retention), k)
 end
 
--- The reply: the script's own result plus what happened.
+-- Publishes `msg` (a table) to the other servers' backends, tagged with a message id
+-- (from the secret seed, so it reveals nothing of it) and the origin, which skips its
+-- own messages. A refused publish (an ACL without the channel, an old Redis without
+-- SPUBLISH) must not abort a script that has already written: pcall, and report it.
+local function publish(msg)
+  if PUB == '' then return end
+  PUBS = PUBS + 1
+  msg.id = string.sub(redis.sha1hex(SEED .. ':m:' .. PUBS), 1, 24)
+  msg.o = ORIGIN
+  local body = cjson.encode(msg)
+  local ok
+  if PUB == 's' then
+    ok = redis.pcall('SPUBLISH', P .. 'events', body)
+  else
+    ok = redis.pcall('PUBLISH', ROOT .. 'events', body)
+  end
+  if type(ok) == 'table' and ok.err then PUBERR = ok.err end
+end
+
+-- A fenced duty (a leader's sweep): refuses, returning the stored fence, when a
+-- leader with a higher epoch has acted on this bucket; else raises the fence to
+-- `epoch` and returns nil. Events the duty causes are published with its epoch.
+local function fence(epoch)
+  local cur = tonumber(redis.call('GET', K_FENCE) or '0')
+  if cur > epoch then return cur end
+  if cur < epoch then
+    redis.call('SET', K_FENCE, fmt(epoch))
+    publish({ fence = fmt(epoch), b = P })
+  end
+  EPOCH = fmt(epoch)
+  return nil
+end
+
+-- The reply: the script's own result plus what happened. Events are published here,
+-- in the same script as the change that caused them.
 local function reply(r)
+  if #EV > 0 then publish({ ev = EV, ep = EPOCH }) end
+  if PUBERR then r.puberr = PUBERR end
   r.ev = EV
   r.ho = HANDOFFS
   r.now = fmt(NOW)

@@ -1,14 +1,14 @@
 -- refresh.lua: RefreshLock: the holder's lease expires at now + ttl.
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   storage key
--- ARGV[7]   lease id
--- ARGV[8]   ttl µs
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   storage key
+-- ARGV[8]   lease id
+-- ARGV[9]   ttl µs
 --
 -- Reply (JSON): r = 'lost', or 'ok' with lock (with lease); plus ev/ho/now.
 
-local sk, lease, ttl = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local sk, lease, ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local l = settle(sk)
 if not l or l.lease ~= lease then return reply({ r = 'lost' }) end
 if l.entry ~= '' then redis.call('DEL', k_wake(l.entry)) end

@@ -1,7 +1,7 @@
 -- stats.lua: GetMetrics on one bucket (read only).
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
+-- ARGV[1-6] common (see prelude)
 --
 -- Reply (JSON): locks = unexpired leases, entries = queue entries; plus ev/ho/now.
 

@@ -1,17 +1,35 @@
 -- sweep.lua: ends, on one bucket, whatever is due by Redis's clock: leases past
 -- their expiry (their queues are handed on), reservations past their deadline,
 -- waiter entries whose server stopped looking after them, and kept answers past
--- their retention. Idempotent: several servers may sweep the same bucket.
+-- their retention. Idempotent: running it twice, or from two servers, is safe.
+--
+-- Run by a cluster leader it is fenced: it does nothing and answers stale when a
+-- leader with a higher epoch has acted on the bucket (`fence` in the prelude), and it
+-- also removes the waiter entries of servers declared dead.
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   most items of each kind to handle in this call
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   most items of each kind to handle in this call
+-- ARGV[8]   the leader's epoch, or '' for an unfenced sweep (a backend sweeping by
+--           itself, without a cluster manager)
+-- ARGV[9]   servers declared dead, as a JSON object: node id -> when it was declared
+--           dead (µs, as a string); '' or '{}' for none. Waiter entries those servers
+--           made before that instant are removed (their callers are gone).
 --
 -- Reply (JSON): next = the earliest due time left in the bucket (µs, '' if none),
--- more = true when the limit was hit; plus ev/ho/now.
+-- more = true when the limit was hit, done = items handled, stale (with fence) when
+-- refused; plus ev/ho/now.
 
-local limit = tonumber(ARGV[6])
+local limit = tonumber(ARGV[7])
 local more = false
+local done = 0
+
+if ARGV[8] ~= '' then
+  local higher = fence(tonumber(ARGV[8]))
+  if higher then
+    return reply({ stale = true, fence = fmt(higher), next = '', more = false, done = 0 })
+  end
+end
 
 local due = redis.call('ZRANGEBYSCORE', K_DUE, '-inf', fmt(NOW), 'LIMIT', 0, limit)
 if #due == limit then more = true end
@@ -21,6 +39,7 @@ for _, sk in ipairs(due) do
   end
   settle(sk)
   gc(sk)
+  done = done + 1
 end
 
 local edl = redis.call('ZRANGEBYSCORE', K_EDL, '-inf', fmt(NOW), 'LIMIT', 0, limit)
@@ -33,9 +52,39 @@ for _, id in ipairs(edl) do
     if e.kind == 'w' then wake(id, 't') end
     settle(sk)
     gc(sk)
+    done = done + 1
   else
     redis.call('ZREM', K_EDL, id)
     redis.call('HDEL', K_EIDX, id)
+  end
+end
+
+if ARGV[9] ~= '' and ARGV[9] ~= '{}' then
+  local dead = cjson.decode(ARGV[9])
+  local served = redis.call('HGETALL', K_ENODE)
+  local reaped = 0
+  for i = 1, #served, 2 do
+    local id, node = served[i], served[i + 1]
+    local died = dead[node]
+    if died then
+      if reaped >= limit then
+        more = true
+        break
+      end
+      local sk = redis.call('HGET', K_EIDX, id)
+      local raw = sk and redis.call('HGET', k_entries(sk), id)
+      if not raw then
+        redis.call('HDEL', K_ENODE, id)
+      elseif tonumber(cjson.decode(raw).enq) < tonumber(died) then
+        local e = remove_entry(sk, id)
+        emit('queue.left', sk, e.owner, nil, id)
+        wake(id, 't')
+        settle(sk)
+        gc(sk)
+        reaped = reaped + 1
+        done = done + 1
+      end
+    end
   end
 end
 
@@ -54,4 +103,4 @@ for _, k in ipairs({ K_DUE, K_EDL, K_ANSDUE }) do
     if not next or t < next then next = t end
   end
 end
-return reply({ next = next and fmt(next) or '', more = more })
+return reply({ next = next and fmt(next) or '', more = more, done = done })

@@ -1,43 +1,46 @@
 -- try_lock.lua: TryLock's decision, atomically (contract TryLock rules 1 to 7).
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   storage key
--- ARGV[7]   owner string
--- ARGV[8]   username or ''
--- ARGV[9]   pull number or ''
--- ARGV[10]  owner metadata JSON (tflock_core::Owner)
--- ARGV[11]  priority rank 0..3
--- ARGV[12]  lease ttl µs
--- ARGV[13]  mode: 'n' no wait, 'w' wait, 'r' reserve
--- ARGV[14]  µs: the wait ('w') or the reservation's lifetime ('r')
--- ARGV[15]  request id or ''
--- ARGV[16]  max_queue_size
--- ARGV[17]  request_id_retention µs
--- ARGV[18]  '1' when the priority queue is enabled
--- ARGV[19]  '1' when retries are enabled
--- ARGV[20]  µs after a waiter's deadline at which the sweeper drops its entry
--- ARGV[21]  'a' remember every answer, 'g' only grants (retry-loop attempts)
--- ARGV[22]  the entry id to use if the request is queued: the bucket's two hex
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   storage key
+-- ARGV[8]   owner string
+-- ARGV[9]   username or ''
+-- ARGV[10]   pull number or ''
+-- ARGV[11]  owner metadata JSON (tflock_core::Owner)
+-- ARGV[12]  priority rank 0..3
+-- ARGV[13]  lease ttl µs
+-- ARGV[14]  mode: 'n' no wait, 'w' wait, 'r' reserve
+-- ARGV[15]  µs: the wait ('w') or the reservation's lifetime ('r')
+-- ARGV[16]  request id or ''
+-- ARGV[17]  max_queue_size
+-- ARGV[18]  request_id_retention µs
+-- ARGV[19]  '1' when the priority queue is enabled
+-- ARGV[20]  '1' when retries are enabled
+-- ARGV[21]  µs after a waiter's deadline at which the sweeper drops its entry
+-- ARGV[22]  'a' remember every answer, 'g' only grants (retry-loop attempts)
+-- ARGV[23]  the entry id to use if the request is queued: the bucket's two hex
 --           digits and 30 random ones, chosen by the client so that its waiter's
 --           drop guard knows the id even before this reply arrives
+-- ARGV[24]  id of the node (server) serving a waiter, or '' without a cluster
+--           manager: a waiter's entry is recorded under it in `enode`, so the
+--           cluster's leader can remove the entries of a server that died
 --
 -- Reply (JSON): r = 'ans' (a = the answer, fresh = true for a new grant), 'replay'
 -- (a = the stored answer, cur = the current lock with lease), 'wait' (id, dl),
 -- 'full', 'retry' or 'refused'; plus ev/ho/now (see prelude's reply()).
 
-local sk = ARGV[6]
-local who = { owner = ARGV[7], user = ARGV[8], pull = ARGV[9], meta = ARGV[10], prio = ARGV[11] }
-local ttl = tonumber(ARGV[12])
-local mode = ARGV[13]
-local span = tonumber(ARGV[14])
-local rid = ARGV[15]
-local max_queue = tonumber(ARGV[16])
-local retention = tonumber(ARGV[17])
-local queue_enabled = ARGV[18] == '1'
-local retries_enabled = ARGV[19] == '1'
-local grace = tonumber(ARGV[20])
-local remember_all = ARGV[21] == 'a'
+local sk = ARGV[7]
+local who = { owner = ARGV[8], user = ARGV[9], pull = ARGV[10], meta = ARGV[11], prio = ARGV[12] }
+local ttl = tonumber(ARGV[13])
+local mode = ARGV[14]
+local span = tonumber(ARGV[15])
+local rid = ARGV[16]
+local max_queue = tonumber(ARGV[17])
+local retention = tonumber(ARGV[18])
+local queue_enabled = ARGV[19] == '1'
+local retries_enabled = ARGV[20] == '1'
+local grace = tonumber(ARGV[21])
+local remember_all = ARGV[22] == 'a'
 
 local function answer(a, fresh)
   if remember_all or a.acq then remember(who.owner, rid, retention, a) end
@@ -114,7 +117,7 @@ if redis.call('HLEN', k_entries(sk)) >= max_queue then
   return reply({ r = 'full' })
 end
 
-local id = ARGV[22]
+local id = ARGV[23]
 local kind = mode == 'r' and 'r' or 'w'
 local dl = NOW + span
 local e = {
@@ -128,6 +131,7 @@ redis.call('HSET', K_EIDX, id, sk)
 -- deadline, so the sweeper only drops the entry of a waiter whose server died.
 redis.call('ZADD', K_EDL, kind == 'r' and e.dl or fmt(dl + grace), id)
 redis.call('ZADD', K_IDX, 0, sk)
+if kind == 'w' and ARGV[24] ~= '' then redis.call('HSET', K_ENODE, id, ARGV[24]) end
 emit('queue.entered', sk, who.owner, nil, id)
 
 if kind == 'r' then

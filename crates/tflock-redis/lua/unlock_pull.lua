@@ -3,15 +3,15 @@
 -- `{repo}#{pull}`). The client runs it on all 64 buckets.
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   repository (exact)
--- ARGV[7]   pull number
--- ARGV[8]   owner string `{repo}#{pull}`
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   repository (exact)
+-- ARGV[8]   pull number
+-- ARGV[9]   owner string `{repo}#{pull}`
 --
 -- Reply (JSON): released = ended locks (public), cancelled = removed entries;
 -- plus ev/ho/now.
 
-local repo, pull, name = ARGV[6], ARGV[7], ARGV[8]
+local repo, pull, name = ARGV[7], ARGV[8], ARGV[9]
 local function matches(x) return x.pull == pull or x.owner == name end
 
 -- Storage keys of one repository are contiguous: they start with repo SEP, and no

@@ -3,12 +3,12 @@
 -- order (tflock_core::queue) and keep that user's.
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   username
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   username
 --
 -- Reply (JSON): queues = list of { sk, entries }; plus ev/ho/now.
 
-local user = ARGV[6]
+local user = ARGV[7]
 local raw = redis.call('HGETALL', K_EIDX)
 local seen, queues = {}, {}
 for i = 1, #raw, 2 do

@@ -2,30 +2,27 @@
 -- timeout or its deadline, and confirms its grant when it has one.
 --
 -- KEYS[1]   bucket prefix (see prelude)
--- ARGV[1-5] common (see prelude)
--- ARGV[6]   storage key
--- ARGV[7]   entry id
--- ARGV[8]   owner string
--- ARGV[9]   request id or ''
--- ARGV[10]  the entry's deadline µs
--- ARGV[11]  'poll' (keep waiting unless granted or past the deadline) or 'end'
+-- ARGV[1-6] common (see prelude)
+-- ARGV[7]   storage key
+-- ARGV[8]   entry id
+-- ARGV[9]   owner string
+-- ARGV[10]   request id or ''
+-- ARGV[11]  the entry's deadline µs
+-- ARGV[12]  'poll' (keep waiting unless granted or past the deadline) or 'end'
 --           (the call gives up: its deadline came)
--- ARGV[12]  what the wake-up said: 'g', 'c', 't' or ''
--- ARGV[13]  request_id_retention µs
+-- ARGV[13]  what the wake-up said: 'g', 'c', 't' or ''
+-- ARGV[14]  request_id_retention µs
 --
 -- Reply (JSON): r = 'queued' (keep waiting), or 'ans' with a = the answer and
 -- fresh = true when this call confirmed a grant; plus ev/ho/now.
 
-local sk, id, owner, rid = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local dl = tonumber(ARGV[10])
-local mode, hint = ARGV[11], ARGV[12]
-local retention = tonumber(ARGV[13])
+local sk, id, owner, rid = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local dl = tonumber(ARGV[11])
+local mode, hint = ARGV[12], ARGV[13]
+local retention = tonumber(ARGV[14])
 
--- Granted to this entry: confirm, the lease runs its full ttl from now. This does
--- not settle first, as the embedded store does not: a grant still recorded for the
--- entry is the entry's, even at the very end of its claim window.
-local l = read_lock(sk)
-if l and l.entry == id then
+-- Confirms the grant `l` made to this entry: the lease runs its full ttl from now.
+local function confirm(l)
   if l.claim == '1' then
     l.claim = '0'
     l.expires = fmt(NOW + tonumber(l.ttl))
@@ -39,8 +36,22 @@ if l and l.entry == id then
   return reply({ r = 'ans', a = a, fresh = true })
 end
 
+-- Granted to this entry: confirm. This does not settle first, as the embedded store
+-- does not: a grant still recorded for the entry is the entry's, even at the very end
+-- of its claim window.
+local l = read_lock(sk)
+if l and l.entry == id then return confirm(l) end
+
+if mode == 'poll' and NOW < dl and redis.call('HEXISTS', k_entries(sk), id) == 1 then
+  -- Still waiting. The slow fallback also ends an expired lease and hands it on (to
+  -- this entry or a better one), so waiters are served even while no sweeper runs
+  -- (say, before a cluster has elected its next leader).
+  local cur = settle(sk)
+  if cur and cur.entry == id then return confirm(cur) end
+  if redis.call('HEXISTS', k_entries(sk), id) == 1 then return reply({ r = 'queued' }) end
+end
+
 if redis.call('HEXISTS', k_entries(sk), id) == 1 then
-  if mode == 'poll' and NOW < dl then return reply({ r = 'queued' }) end
   local e = remove_entry(sk, id)
   emit('queue.left', sk, e.owner, nil, id)
   redis.call('DEL', k_wake(id))

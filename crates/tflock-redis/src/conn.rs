@@ -22,9 +22,11 @@ use redis::cluster_routing::{
 };
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind,
-    IntoConnectionInfo, RedisConnectionInfo, RedisError, ServerErrorKind, TlsCertificates, Value,
+    IntoConnectionInfo, ProtocolVersion, PushInfo, RedisConnectionInfo, RedisError,
+    ServerErrorKind, TlsCertificates, Value,
 };
 use tflock_core::BackendError;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
@@ -74,7 +76,18 @@ enum Target {
     Cluster {
         client: Box<ClusterClient>,
         blocking: Box<ClusterClient>,
+        /// RESP3, for the published events of other backends: its connections deliver
+        /// push messages to the receiver in `Connector::cluster_pushes`.
+        events: Box<ClusterClient>,
     },
+}
+
+/// A connection that receives the events other backends publish (RESP3 pushes).
+pub enum EventsConn {
+    /// To the node of the script connection (standalone, Sentinel's primary).
+    Single(MultiplexedConnection),
+    /// To the cluster: subscriptions follow their slots to whichever primary owns them.
+    Cluster(ClusterConnection),
 }
 
 /// A connection of the waiters' pool.
@@ -111,6 +124,9 @@ pub struct Connector {
     attempts: AtomicU64,
     last_failure: Mutex<Option<RedisError>>,
     pool: Mutex<Vec<Blocking>>,
+    /// Cluster only: where the events client's pushes arrive, until the event relay
+    /// takes it.
+    cluster_pushes: Mutex<Option<UnboundedReceiver<PushInfo>>>,
     /// Standalone and Sentinel: the newest connection generation found dead. A
     /// waiter's BLPOP on that node gives up as soon as any call notices (a hung server
     /// answers nobody, and a BLPOP alone could only tell after its own block time).
@@ -204,13 +220,14 @@ impl Connector {
         let blocking_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(BLOCK + cfg.read_timeout));
+        let mut cluster_pushes = None;
         let target = if cfg.cluster_mode {
             let nodes = cfg
                 .addresses
                 .iter()
                 .map(|a| parse_address(a).map_err(|m| ConnectError::new("redis.addresses", m)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let build = |response: Duration| {
+            let build = |response: Duration, push: Option<UnboundedSender<PushInfo>>| {
                 let infos = nodes
                     .iter()
                     .map(|(h, p)| {
@@ -246,12 +263,18 @@ impl Connector {
                 if let Some(certs) = &tls {
                     b = b.tls(redis::TlsMode::Secure).certs(certs.clone());
                 }
+                if let Some(push) = push {
+                    b = b.use_protocol(ProtocolVersion::RESP3).push_sender(push);
+                }
                 b.build()
                     .map_err(|e| ConnectError::new("redis.addresses", e.to_string()))
             };
+            let (push, pushes) = unbounded_channel();
+            cluster_pushes = Some(pushes);
             Target::Cluster {
-                client: Box::new(build(cfg.read_timeout)?),
-                blocking: Box::new(build(BLOCK + cfg.read_timeout)?),
+                client: Box::new(build(cfg.read_timeout, None)?),
+                blocking: Box::new(build(BLOCK + cfg.read_timeout, None)?),
+                events: Box::new(build(cfg.read_timeout, Some(push))?),
             }
         } else if cfg.sentinel.enabled() {
             Target::Sentinel {
@@ -296,6 +319,7 @@ impl Connector {
             attempts: AtomicU64::new(0),
             last_failure: Mutex::new(None),
             pool: Mutex::new(Vec::new()),
+            cluster_pushes: Mutex::new(cluster_pushes),
             dead: watch::channel(0).0,
         })
     }
@@ -528,6 +552,68 @@ impl Connector {
 
     fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation of the current script connection, if there is one.
+    pub fn current_generation(&self) -> Option<u64> {
+        self.lock_current().as_ref().map(|c| c.generation)
+    }
+
+    /// Cluster only: the receiver of the events connection's push messages (once).
+    pub fn take_cluster_pushes(&self) -> Option<UnboundedReceiver<PushInfo>> {
+        self.cluster_pushes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Opens a connection for the events other backends publish, and returns it with
+    /// the script connection's generation it follows. Standalone and Sentinel: a RESP3
+    /// connection to the script connection's node whose pushes go to `push`. Cluster:
+    /// a RESP3 cluster connection whose pushes go to [`Connector::take_cluster_pushes`]'s
+    /// receiver (`push` is unused).
+    pub async fn events_connection(
+        &self,
+        push: UnboundedSender<PushInfo>,
+    ) -> Result<(EventsConn, u64), BackendError> {
+        let limit = self.connect_timeout * (self.max_retries + 1) + self.read_timeout;
+        let cur = match timeout(limit, self.get()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(no_connection(e).into()),
+            Err(_) => return Err(unavailable("redis: no connection in time").into()),
+        };
+        match (&self.target, &cur.client) {
+            (Target::Cluster { events, .. }, _) => {
+                match timeout(
+                    self.connect_timeout + self.read_timeout,
+                    events.get_async_connection(),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => Ok((EventsConn::Cluster(c), cur.generation)),
+                    Ok(Err(e)) => Err(classify(e).into()),
+                    Err(_) => Err(unavailable("redis: no events connection in time").into()),
+                }
+            }
+            (_, Some(client)) => {
+                let info = client
+                    .get_connection_info()
+                    .clone()
+                    .set_redis_settings(self.redis.clone().set_protocol(ProtocolVersion::RESP3));
+                let client = match &self.tls {
+                    Some(certs) => Client::build_with_tls(info, certs.clone()),
+                    None => Client::open(info),
+                }
+                .map_err(|e| BackendError::from(classify(e)))?;
+                let config = self.config.clone().set_push_sender(push);
+                let conn = self
+                    .connect_node(&client, &config)
+                    .await
+                    .map_err(|e| BackendError::from(classify(e)))?;
+                Ok((EventsConn::Single(conn), cur.generation))
+            }
+            (_, None) => Err(BackendError::Internal("no node client".into())),
+        }
     }
 
     fn invalidate(&self, generation: u64) {

@@ -12,10 +12,15 @@
 //! - [`keys`]: the 64 buckets and their hash-tagged key prefixes.
 //! - [`reply`]: the scripts' JSON replies and their translation into core types.
 //! - [`config`]: [`RedisConfig`] and [`ConnectError`].
+//! - `duty`: who sweeps ([`SweepRole`]: by itself, or fenced as a cluster's leader),
+//!   the sweeper task and the leader's fences.
+//! - `relay`: the events of other backends on the same Redis, received over pub/sub
+//!   and re-broadcast on [`Backend::subscribe`].
 //! - this file: [`RedisBackend`], the [`Backend`] implementation: validation, the
-//!   waiter's blocking call and its drop guard, the retry loop without a queue, the
-//!   sweeper task, event publishing, `min_replicas_ack`, export and import (checking
-//!   a snapshot before the first write), the health check's server details.
+//!   waiter's blocking call and its drop guard, the retry loop without a queue, event
+//!   publishing, `min_replicas_ack`, export and import (checking a snapshot before the
+//!   first write), the health check's server details, and the hooks the cluster
+//!   manager (`tflock-cluster`) uses.
 //!
 //! # Time
 //!
@@ -31,9 +36,12 @@ pub mod keys;
 pub mod reply;
 pub mod scripts;
 
+mod duty;
+mod relay;
+
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -53,19 +61,21 @@ use tokio::sync::{Notify, broadcast, watch};
 
 pub use crate::config::{AuthMethod, ConnectError, RedisConfig, SentinelConfig};
 use crate::conn::{Connector, NodeReply};
+pub use crate::duty::{LeaderAuthority, SweepRole, SweepStats};
 use crate::keys::{BUCKETS, bucket_of, bucket_of_entry, bucket_prefixes};
+pub use crate::relay::{EventChannels, sharded_channels};
 use crate::reply::{
-    CancelReply, ExportReply, ImportReply, ListReply, LockReply, PullReply, QueueReply,
-    RawExported, RawLock, Reply, StatsReply, StatusReply, SweepReply, TryLockReply, UnlockReply,
+    CancelReply, ExportReply, ImportReply, ListReply, LockReply, Published, PullReply, QueueReply,
+    RawExported, RawLock, Reply, StatsReply, StatusReply, TryLockReply, UnlockReply,
     UserQueueReply, decode,
 };
 use crate::scripts::{Script, Scripts};
 
 /// The sweeper runs at least this often, so an expired lease with waiters is handed
 /// on within this long even when nobody touches it.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Most items of each kind one sweep call handles per bucket (bounds script time).
-const SWEEP_LIMIT: &str = "500";
+pub(crate) const SWEEP_LIMIT: &str = "500";
 /// Most index members one list call scans per bucket (bounds script time).
 const LIST_SCAN: &str = "2000";
 /// Most resources one export call returns per bucket (bounds script time).
@@ -101,6 +111,69 @@ struct Inner {
     min_replicas_ack: u32,
     wait_timeout: Duration,
     description: serde_json::Map<String, serde_json::Value>,
+    /// This backend's id, random at connect: it tags the events this backend's
+    /// scripts publish (so it skips them when they come back), and is the node id the
+    /// cluster manager registers by default.
+    instance_id: String,
+    key_prefix: String,
+    /// Where this backend's scripts publish their events.
+    channels: EventChannels,
+    /// The scripts' `ARGV[6]`: `''`, or `c`/`s` and `instance_id`.
+    publish_arg: String,
+    /// Whether the relay of other backends' events runs (started on first subscribe).
+    relay_started: AtomicBool,
+    /// A publish refusal was logged already (logged once).
+    publish_warned: AtomicBool,
+    /// The node id stamped on waiters' entries (`enode`), so a cluster leader can
+    /// remove them if this server dies; empty without a cluster manager.
+    serving_node: Mutex<String>,
+    sweep_role: watch::Sender<SweepRole>,
+    sweep_stats: watch::Sender<SweepStats>,
+}
+
+/// How a backend starts; [`RedisBackend::connect`] uses the defaults.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct BackendOptions {
+    /// Who sweeps; default [`SweepRole::SelfSweep`]. A cluster manager sets it later
+    /// anyway ([`RedisBackend::set_sweep_role`]); starting as `Follower` avoids one
+    /// unfenced sweep before it does.
+    pub sweep: SweepRole,
+    /// Publish this backend's events for other backends and relay theirs (default
+    /// true). Off, [`Backend::subscribe`] carries this backend's own events only.
+    pub share_events: bool,
+    /// Which pub/sub to use; default (`None`) sharded on a Redis Cluster that has it,
+    /// classic elsewhere. `Some(Classic)` forces classic pub/sub on a cluster too (to
+    /// compare their cost); `Sharded` is only honoured on a cluster. Every backend
+    /// sharing a store must use the same kind.
+    pub channels: Option<EventChannels>,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            sweep: SweepRole::SelfSweep,
+            share_events: true,
+            channels: None,
+        }
+    }
+}
+
+impl BackendOptions {
+    pub fn sweep(mut self, role: SweepRole) -> Self {
+        self.sweep = role;
+        self
+    }
+
+    pub fn share_events(mut self, on: bool) -> Self {
+        self.share_events = on;
+        self
+    }
+
+    pub fn channels(mut self, channels: EventChannels) -> Self {
+        self.channels = Some(channels);
+        self
+    }
 }
 
 /// The Redis backend. Cheap to share behind an `Arc`.
@@ -119,6 +192,18 @@ impl std::fmt::Debug for RedisBackend {
 
 fn us(d: Duration) -> String {
     d.as_micros().to_string()
+}
+
+/// Whether the (cluster's) Redis has sharded pub/sub (Redis 7: `SPUBLISH`).
+async fn supports_sharded_pubsub(conn: &Connector) -> bool {
+    let mut cmd = redis::cmd("COMMAND");
+    cmd.arg("INFO").arg("SPUBLISH");
+    match conn.call::<redis::Value>(&cmd).await {
+        Ok((redis::Value::Array(items), _)) => items
+            .first()
+            .is_some_and(|v| !matches!(v, redis::Value::Nil)),
+        _ => false,
+    }
 }
 
 /// Names the setting behind a failed start-up connection.
@@ -166,11 +251,22 @@ fn describe_connect_error(cfg: &RedisConfig, e: &redis::RedisError) -> ConnectEr
 
 impl RedisBackend {
     /// Connects to Redis, checks that the scripts and keys are usable with these
-    /// credentials, and starts the expiry sweeper. Errors name the setting at fault.
+    /// credentials, and starts the expiry sweeper (sweeping by itself). Errors name
+    /// the setting at fault.
     pub async fn connect(
         config: RedisConfig,
         settings: LockSettings,
         clock: SharedClock,
+    ) -> Result<Arc<RedisBackend>, ConnectError> {
+        Self::connect_with(config, settings, clock, BackendOptions::default()).await
+    }
+
+    /// [`RedisBackend::connect`] with options.
+    pub async fn connect_with(
+        config: RedisConfig,
+        settings: LockSettings,
+        clock: SharedClock,
+        options: BackendOptions,
     ) -> Result<Arc<RedisBackend>, ConnectError> {
         settings
             .validate()
@@ -197,6 +293,25 @@ impl RedisBackend {
         description.insert("tls".into(), config.tls_enabled.into());
         description.insert("min_replicas_ack".into(), config.min_replicas_ack.into());
         let (events, _) = broadcast::channel(4096);
+        let cluster = conn.mode() == "cluster";
+        let channels = match options.channels {
+            _ if !options.share_events => EventChannels::Off,
+            Some(EventChannels::Off) => EventChannels::Off,
+            Some(EventChannels::Classic) => EventChannels::Classic,
+            Some(EventChannels::Sharded) | None
+                if cluster && supports_sharded_pubsub(&conn).await =>
+            {
+                EventChannels::Sharded
+            }
+            _ => EventChannels::Classic,
+        };
+        let instance_id = tflock_core::random_hex(8);
+        let publish_arg = match channels {
+            EventChannels::Off => String::new(),
+            EventChannels::Classic => format!("c{instance_id}"),
+            EventChannels::Sharded => format!("s{instance_id}"),
+        };
+        description.insert("events".into(), channels.as_str().into());
         let inner = Arc::new(Inner {
             conn,
             scripts: Scripts::load(),
@@ -218,6 +333,15 @@ impl RedisBackend {
             min_replicas_ack: config.min_replicas_ack,
             wait_timeout: config.write_timeout.min(config.read_timeout),
             description,
+            instance_id,
+            key_prefix: config.key_prefix.clone(),
+            channels,
+            publish_arg,
+            relay_started: AtomicBool::new(false),
+            publish_warned: AtomicBool::new(false),
+            serving_node: Mutex::new(String::new()),
+            sweep_role: watch::channel(options.sweep).0,
+            sweep_stats: watch::channel(SweepStats::default()).0,
         });
         // A read on one bucket proves scripting and the key prefix are allowed to
         // these credentials (an ACL user may be limited to some keys or commands).
@@ -241,8 +365,96 @@ impl RedisBackend {
         }
         let backend = RedisBackend { inner };
         backend.check_eviction_policy().await;
-        tokio::spawn(sweeper(Arc::downgrade(&backend.inner)));
+        tokio::spawn(duty::sweeper(Arc::downgrade(&backend.inner)));
         Ok(Arc::new(backend))
+    }
+
+    /// This backend's id (random at connect): its published events carry it, and the
+    /// cluster manager registers the server under it unless told another id.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// The configured `key_prefix`.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.key_prefix
+    }
+
+    /// The lock settings this backend runs with.
+    pub fn settings(&self) -> &LockSettings {
+        &self.inner.settings
+    }
+
+    /// `read_timeout`: every call to Redis answers within about this.
+    pub fn read_timeout(&self) -> Duration {
+        self.inner.conn.read_timeout()
+    }
+
+    /// Where this backend publishes its events for the other servers.
+    pub fn event_channels(&self) -> EventChannels {
+        self.inner.channels
+    }
+
+    /// Hand-offs and expiries this backend's scripts made since it started.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.inner.handoffs.load(Ordering::Relaxed),
+            self.inner.expiries.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Who sweeps through this backend (see [`SweepRole`]).
+    pub fn sweep_role(&self) -> SweepRole {
+        self.inner.sweep_role.borrow().clone()
+    }
+
+    /// Changes who sweeps. Renewing a leader's lease (same epoch, later
+    /// `valid_until`) does not trigger a sweep by itself.
+    pub fn set_sweep_role(&self, role: SweepRole) {
+        self.inner.set_sweep_role(role);
+    }
+
+    /// Watches the sweep role: the sweeper turns `Leader` into `Follower` by itself
+    /// when a bucket refuses its epoch.
+    pub fn watch_sweep_role(&self) -> watch::Receiver<SweepRole> {
+        self.inner.sweep_role.subscribe()
+    }
+
+    /// What this backend's sweeps did, including stale refusals.
+    pub fn sweep_stats(&self) -> watch::Receiver<SweepStats> {
+        self.inner.sweep_stats.subscribe()
+    }
+
+    /// A newly elected leader claims every bucket for `epoch` (`fence.lua`) before
+    /// any duty. `Ok(None)`: all 64 fenced; `Ok(Some(fence))`: a bucket has seen a
+    /// higher epoch, so this leader is stale and must not lead.
+    pub async fn fence_all(&self, epoch: u64) -> Result<Option<u64>, BackendError> {
+        self.inner.check_open()?;
+        self.inner.fence_all(epoch).await
+    }
+
+    /// Stamps the waiters this backend queues from now on with `node` (the cluster
+    /// manager's node id), so the leader can remove their entries if this server is
+    /// declared dead; `None` stops stamping.
+    pub fn set_serving_node(&self, node: Option<&str>) {
+        *self
+            .inner
+            .serving_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = node.unwrap_or_default().to_string();
+    }
+
+    /// Runs a script that is not one of the backend's own (the cluster manager's
+    /// registry) with one key, `key`, on this backend's connection: EVALSHA, EVAL when
+    /// the node lacks it. Returns the script's string reply. Bounded by `read_timeout`.
+    pub async fn eval(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<String, BackendError> {
+        self.inner.check_open()?;
+        Ok(self.inner.conn.eval(script, key, args).await?.0)
     }
 
     /// `standalone`, `sentinel` or `cluster`.
@@ -323,13 +535,20 @@ impl Inner {
         } else {
             String::new()
         };
-        let mut all: Vec<&str> = Vec::with_capacity(5 + args.len());
+        // Only changing (seeded) scripts cause events.
+        let publish = if seeded {
+            self.publish_arg.as_str()
+        } else {
+            ""
+        };
+        let mut all: Vec<&str> = Vec::with_capacity(6 + args.len());
         all.extend_from_slice(&[
             &now,
             &self.claim_us,
             &self.starve_us,
             &self.max_boost,
             &seed,
+            publish,
         ]);
         all.extend_from_slice(args);
         let (json, generation) = self.conn.eval(script, &self.buckets[bucket], &all).await?;
@@ -363,6 +582,15 @@ impl Inner {
     }
 
     fn publish<T>(&self, reply: &mut Reply<T>) {
+        if let Some(e) = reply.puberr.take()
+            && !self.publish_warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "Redis refused to publish events for the other servers ({e}): their event \
+                 streams miss this server's events (does the ACL user lack the channel, \
+                 `&*`?)"
+            );
+        }
         if reply.ho > 0 {
             self.handoffs.fetch_add(reply.ho, Ordering::Relaxed);
         }
@@ -388,6 +616,33 @@ impl Inner {
                 Err(e) => tracing::warn!("dropping an unreadable event: {e}"),
             }
         }
+        if released {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// The classic events channel: `<key_prefix>events`.
+    fn classic_channel(&self) -> String {
+        format!("{}events", self.key_prefix)
+    }
+
+    /// Re-broadcasts the events another backend published.
+    fn relayed(&self, msg: Published) {
+        let mut released = false;
+        let listened = self.events.receiver_count() > 0;
+        for ev in msg.ev {
+            released |= ev.ends_a_lease();
+            if !listened {
+                continue;
+            }
+            match ev.into_event() {
+                Ok(e) => {
+                    let _ = self.events.send(e);
+                }
+                Err(e) => tracing::warn!("dropping an unreadable relayed event: {e}"),
+            }
+        }
+        // A retry loop (queue disabled) looks again when any server released a lock.
         if released {
             self.released.notify_waiters();
         }
@@ -457,6 +712,11 @@ impl Inner {
         let ttl_us = us(ttl);
         let span_us = us(mode.span);
         let grace = &self.waiter_grace_us;
+        let node = self
+            .serving_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let args = [
             sk.as_str(),
             &req.owner.owner,
@@ -483,6 +743,7 @@ impl Inner {
             grace,
             if remember_all { "a" } else { "g" },
             entry_id,
+            &node,
         ];
         self.run_gen(&self.scripts.try_lock, bucket, &args, true)
             .await
@@ -528,81 +789,6 @@ impl Inner {
                     return;
                 }
             }
-        }
-    }
-
-    /// One sweep of every bucket; returns the earliest due time left, the scripts'
-    /// clock, and whether a bucket had more than one call may handle.
-    async fn sweep_all(&self) -> (Option<Timestamp>, Timestamp, bool) {
-        let results = join_all(
-            (0..BUCKETS)
-                .map(|b| self.run::<SweepReply>(&self.scripts.sweep, b, &[SWEEP_LIMIT], true)),
-        )
-        .await;
-        let mut next: Option<Timestamp> = None;
-        let mut now = Timestamp::ZERO;
-        let mut more = false;
-        let mut failed = None;
-        for r in results {
-            match r {
-                Ok(r) => {
-                    more |= r.body.more;
-                    now = now.max(Timestamp(r.now.0));
-                    if r.body.next.0 > 0 {
-                        let t = Timestamp(r.body.next.0);
-                        next = Some(next.map_or(t, |n| n.min(t)));
-                    }
-                }
-                Err(e) => failed = Some(e),
-            }
-        }
-        if let Some(e) = failed {
-            tracing::warn!("the expiry sweep failed on some buckets: {e}");
-        }
-        (next, now, more)
-    }
-}
-
-/// Hands expired leases on (and drops expired reservations, dead waiters' entries
-/// and old answers) without anyone touching the resource: every bucket at least once
-/// a second, sooner when a due time is nearer. Stops at close or when the backend is
-/// dropped.
-async fn sweeper(inner: Weak<Inner>) {
-    let mut last = Instant::now() - SWEEP_INTERVAL;
-    loop {
-        let Some(i) = inner.upgrade() else { return };
-        if i.is_closed() {
-            return;
-        }
-        // Never sweep in a tight loop, whatever the due times say (a Redis clock
-        // behind ours would otherwise make every due time look reached).
-        let gap = Duration::from_millis(10).saturating_sub(last.elapsed());
-        if !gap.is_zero() {
-            tokio::time::sleep(gap).await;
-        }
-        last = Instant::now();
-        let (next, now, more) = i.sweep_all().await;
-        if more {
-            continue;
-        }
-        let clock = i.clock.clone();
-        let system_clock = i.system_clock;
-        let mut closed = i.closed.subscribe();
-        drop(i);
-        let due = async move {
-            match next {
-                // Redis's clock decides: wait for the due time as a duration on it, so
-                // a Redis clock behind ours does not make us sweep early and often.
-                Some(t) if system_clock => tokio::time::sleep(t.since(now)).await,
-                // An injected clock (tests): wake when it reaches the due time.
-                Some(t) => clock.sleep_until(t).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
-            _ = due => {}
-            _ = async { let _ = closed.wait_for(|c| *c).await; } => return,
         }
     }
 }
@@ -1273,7 +1459,9 @@ impl Backend for RedisBackend {
     }
 
     fn subscribe(&self) -> broadcast::Receiver<LockEvent> {
-        self.inner.events.subscribe()
+        let rx = self.inner.events.subscribe();
+        relay::start(&self.inner);
+        rx
     }
 
     async fn close(&self) {

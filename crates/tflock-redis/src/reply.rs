@@ -70,6 +70,9 @@ pub struct Reply<T> {
     pub ho: u64,
     /// The script's clock.
     pub now: Num,
+    /// Why publishing the events failed (the change itself was made).
+    #[serde(default)]
+    pub puberr: Option<String>,
 }
 
 /// Decodes a script's reply.
@@ -338,6 +341,40 @@ pub struct SweepReply {
     pub next: Num,
     #[serde(default)]
     pub more: bool,
+    /// Items handled (expired leases, dropped entries).
+    #[serde(default)]
+    pub done: Num,
+    /// A fenced sweep was refused: a leader with a higher epoch (`fence`) acted here.
+    #[serde(default)]
+    pub stale: bool,
+    #[serde(default)]
+    pub fence: Num,
+}
+
+/// fence.lua's reply.
+#[derive(Debug, Deserialize)]
+pub struct FenceReply {
+    /// `ok` or `stale`.
+    pub r: String,
+    pub fence: Num,
+}
+
+/// A message another backend published with its script's events (see
+/// `publish` in `prelude.lua`).
+#[derive(Debug, Deserialize)]
+pub struct Published {
+    /// Unique per message: a message that arrives twice is relayed once.
+    pub id: String,
+    /// The publishing backend's instance id: its own messages are skipped.
+    pub o: String,
+    #[serde(default, deserialize_with = "lua_vec")]
+    pub ev: Vec<RawEvent>,
+    /// The leader's epoch when a fenced duty caused the events.
+    #[serde(default)]
+    pub ep: Option<Num>,
+    /// A leader raised the bucket's fence to this epoch.
+    #[serde(default)]
+    pub fence: Option<Num>,
 }
 
 /// queue_status.lua's reply.

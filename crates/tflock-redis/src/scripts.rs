@@ -9,7 +9,10 @@ pub struct Script {
 }
 
 impl Script {
-    fn new(name: &'static str, source: &'static str) -> Self {
+    /// A script from its source. The backend's own scripts get `prelude.lua` in front;
+    /// other crates (the cluster manager's registry scripts) pass theirs as they are
+    /// and run them with [`crate::RedisBackend::eval`].
+    pub fn new(name: &'static str, source: &'static str) -> Self {
         Script {
             name,
             source,
@@ -52,6 +55,7 @@ scripts! {
     cancel => "cancel.lua",
     unlock_pull => "unlock_pull.lua",
     sweep => "sweep.lua",
+    fence => "fence.lua",
     rollback => "rollback.lua",
     get_lock => "get_lock.lua",
     queue_status => "queue_status.lua",
