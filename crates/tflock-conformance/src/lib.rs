@@ -201,6 +201,7 @@ mod tests {
             include_str!("cases/query.rs"),
             include_str!("cases/validation.rs"),
             include_str!("cases/events.rs"),
+            include_str!("cases/snapshot.rs"),
         ];
         let mut defined: Vec<&str> = sources
             .iter()
