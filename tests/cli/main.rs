@@ -9,3 +9,4 @@ mod locks;
 mod run;
 mod snapshot;
 mod spec;
+mod webhook;

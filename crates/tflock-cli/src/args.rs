@@ -117,6 +117,9 @@ pub enum Command {
     Run(RunArgs),
     /// The backend's health: circuit breaker, health and performance metrics.
     Health,
+    /// The servers sharing this store (Redis): who they are and who leads.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -355,6 +358,13 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SnapshotFormat {
     Json,
+}
+
+/// `tflock cluster ...`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ClusterCommand {
+    /// Every live server, the leader and its epoch (`GET /api/cluster`).
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

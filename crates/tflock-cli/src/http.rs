@@ -107,6 +107,29 @@ impl HttpBackend {
         Ok((status, body))
     }
 
+    /// `GET /api/cluster`: the servers sharing the store, the leader and its epoch.
+    pub async fn cluster(&self) -> Result<Value, BackendError> {
+        let resp = self
+            .request(Method::GET, "/api/cluster", CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| {
+            BackendError::Unavailable(format!(
+                "{} answered /api/cluster with something that is not JSON: {e}",
+                self.base
+            ))
+        })?;
+        if !status.is_success() {
+            return Err(BackendError::Unavailable(format!(
+                "{} answered /api/cluster with {status}: {body}",
+                self.base
+            )));
+        }
+        Ok(body)
+    }
+
     /// Whether a tflock server answers `GET /healthz` within `timeout`.
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
         let resp = self

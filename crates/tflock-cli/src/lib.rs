@@ -112,6 +112,10 @@ async fn dispatch(cli: Cli) -> CliResult<Exit> {
             let loaded = load(&cli.global, serde_json::Value::Null, false)?;
             cmd::health::run(&cli.global, &loaded, out).await
         }
+        Command::Cluster(c) => {
+            let loaded = load(&cli.global, serde_json::Value::Null, false)?;
+            cmd::cluster::run(&cli.global, &loaded, c, out).await
+        }
         Command::Locks(c) => {
             let loaded = load(&cli.global, serde_json::Value::Null, false)?;
             cmd::locks::run(&cli.global, &loaded, c, out).await

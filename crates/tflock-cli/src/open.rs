@@ -26,6 +26,9 @@ pub struct Opened {
     /// What was opened, for logs (`embedded ./tflock-data/locks.redb`,
     /// `redis standalone localhost:6379`).
     pub description: String,
+    /// The Redis backend itself when the store is Redis: the cluster manager
+    /// (`tflock-cluster`) runs on it.
+    pub redis: Option<Arc<RedisBackend>>,
     monitor: tokio::task::JoinHandle<()>,
 }
 
@@ -99,6 +102,7 @@ pub fn breaker_settings(r: &RedisSettings) -> BreakerSettings {
 /// runtime.
 pub async fn open_backend(el: &EnhancedLocking, clock: SharedClock) -> Result<Opened, OpenFailure> {
     let settings = el.lock_settings();
+    let mut redis = None;
     let (inner, description): (SharedBackend, String) = match el.backend {
         // `boltdb` is turned into `embedded` by the loader (with a warning); read it
         // the same way here in case a caller built the config by hand.
@@ -122,6 +126,7 @@ pub async fn open_backend(el: &EnhancedLocking, clock: SharedClock) -> Result<Op
                 el.redis.addresses.join(",")
             };
             let d = format!("redis {} {where_}", b.mode());
+            redis = Some(b.clone());
             (b, d)
         }
     };
@@ -149,6 +154,7 @@ pub async fn open_backend(el: &EnhancedLocking, clock: SharedClock) -> Result<Op
         inner,
         health,
         description,
+        redis,
         monitor,
     })
 }

@@ -28,6 +28,8 @@ pub const SECRET_KEYS: &[&str] = &[
     "enhanced_locking.server.api_token",
     "enhanced_locking.server.admin_token",
     "enhanced_locking.server.webhook_secret",
+    "enhanced_locking.server.github_webhook_secret",
+    "enhanced_locking.server.gitlab_webhook_token",
 ];
 
 /// The effective configuration as `(key, value, source)` rows, secrets masked.

@@ -621,10 +621,36 @@ fn check(loaded: &mut Loaded, _sources: &Sources) -> Result<(), ConfigError> {
             "enhanced_locking.redis.circuit_breaker.reset_timeout",
             r.circuit_breaker.reset_timeout,
         ),
+        (
+            "enhanced_locking.cluster.heartbeat_interval",
+            el.cluster.heartbeat_interval,
+        ),
+        ("enhanced_locking.cluster.node_ttl", el.cluster.node_ttl),
+        (
+            "enhanced_locking.cluster.leader_lease",
+            el.cluster.leader_lease,
+        ),
+        (
+            "enhanced_locking.cluster.rollup_interval",
+            el.cluster.rollup_interval,
+        ),
     ] {
         if d.is_zero() {
             problems.push((key, "must be greater than zero".into()));
         }
+    }
+    if el.cluster.leader_lease <= el.cluster.heartbeat_interval {
+        problems.push((
+            "enhanced_locking.cluster.leader_lease",
+            "must be longer than cluster.heartbeat_interval (the leader renews it every heartbeat)"
+                .into(),
+        ));
+    }
+    if el.cluster.node_ttl <= el.cluster.heartbeat_interval {
+        problems.push((
+            "enhanced_locking.cluster.node_ttl",
+            "must be longer than cluster.heartbeat_interval".into(),
+        ));
     }
     if r.circuit_breaker.failure_threshold == 0 {
         problems.push((

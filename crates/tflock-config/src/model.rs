@@ -82,6 +82,7 @@ pub struct EnhancedLocking {
     pub embedded: EmbeddedSettings,
     pub redis: RedisSettings,
     pub legacy: LegacySettings,
+    pub cluster: ClusterSettings,
 }
 
 impl Default for EnhancedLocking {
@@ -104,6 +105,7 @@ impl Default for EnhancedLocking {
             embedded: EmbeddedSettings::default(),
             redis: RedisSettings::default(),
             legacy: LegacySettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -122,6 +124,11 @@ pub struct ServerSettings {
     pub webhooks: Vec<String>,
     /// Key for the webhooks' HMAC-SHA256 signature header.
     pub webhook_secret: Option<String>,
+    /// Secret of the GitHub webhook that posts `pull_request` events to
+    /// `/api/vcs/github` (closed pull requests release their locks).
+    pub github_webhook_secret: Option<String>,
+    /// Token of the GitLab webhook that posts merge request events to `/api/vcs/gitlab`.
+    pub gitlab_webhook_token: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -132,6 +139,8 @@ impl Default for ServerSettings {
             admin_token: None,
             webhooks: Vec::new(),
             webhook_secret: None,
+            github_webhook_secret: None,
+            gitlab_webhook_token: None,
         }
     }
 }
@@ -291,6 +300,44 @@ pub struct SentinelSettings {
     pub master_name: Option<String>,
     #[serde(deserialize_with = "list_or_csv")]
     pub addresses: Vec<String>,
+}
+
+/// Several servers on one Redis (docs/cluster.md): registry, leader election, the
+/// leader's duties. Only used with `backend: redis`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The address other servers and people reach this one at (shown in
+    /// `/api/cluster`); default the address the server listens on.
+    pub advertise_address: Option<String>,
+    /// How often a server heartbeats and the leader renews its lease.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationString")]
+    pub heartbeat_interval: Duration,
+    /// A server silent this long is declared dead; its waiters' entries are removed.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationString")]
+    pub node_ttl: Duration,
+    /// The leader's lease; another server takes over this long after a leader dies.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationString")]
+    pub leader_lease: Duration,
+    /// How often the leader rolls up cluster-wide metrics.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationString")]
+    pub rollup_interval: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            advertise_address: None,
+            heartbeat_interval: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(10),
+            leader_lease: Duration::from_secs(5),
+            rollup_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Where `legacy_fallback` looks for locks still held in Atlantis.

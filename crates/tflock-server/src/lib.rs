@@ -129,7 +129,10 @@ pub fn router(state: AppState) -> Router {
         api = api.route(r.path, r.handler);
     }
     let body_cap = state.limits().max_body_bytes;
+    let extra = state.extra_routes().cloned().unwrap_or_default();
     api.with_state(state.clone())
+        // Routes that authenticate by themselves (the VCS webhook receiver).
+        .merge(extra)
         // The web page (crates/tflock-web: `/` and `/ui/...`) is merged here, so the
         // layers below (limits, logging, metrics) cover it too.
         .merge(tflock_web::router(

@@ -88,6 +88,9 @@ struct Inner {
     node_id: String,
     /// The cluster manager (Redis with several servers): `/api/cluster` asks it.
     cluster: Option<Arc<tflock_cluster::Cluster>>,
+    /// Routes served beside the API that authenticate by themselves (the VCS webhook
+    /// receiver checks the provider's signature, not a bearer token).
+    extra_routes: Option<axum::Router>,
     started_at: Timestamp,
     /// The address [`crate::serve`] listens on, once it does.
     listen: OnceLock<SocketAddr>,
@@ -111,6 +114,7 @@ impl AppState {
                 webhooks: None,
                 node_id: tflock_core::random_hex(8),
                 cluster: None,
+                extra_routes: None,
                 started_at: Timestamp::from_system_time(std::time::SystemTime::now()),
                 listen: OnceLock::new(),
                 metrics: Metrics::new(),
@@ -149,6 +153,22 @@ impl AppState {
             (!config.urls.is_empty()).then(|| Webhooks::start(config, self.backend().subscribe()));
         self.configure().webhooks = webhooks;
         self
+    }
+
+    /// Serves `routes` beside the API, outside its bearer-token checks (they must
+    /// authenticate requests themselves), under the same limits and logging.
+    pub fn with_routes(mut self, routes: axum::Router) -> Self {
+        let inner = self.configure();
+        inner.extra_routes = Some(match inner.extra_routes.take() {
+            Some(existing) => existing.merge(routes),
+            None => routes,
+        });
+        self
+    }
+
+    /// The routes given to [`AppState::with_routes`].
+    pub(crate) fn extra_routes(&self) -> Option<&axum::Router> {
+        self.inner.extra_routes.as_ref()
     }
 
     /// Names this node in `/api/cluster` (default: random hex, new at every start).

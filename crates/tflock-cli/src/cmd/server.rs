@@ -153,9 +153,41 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> CliResult<Exit> {
             return Err(e);
         }
     };
+    // With Redis several servers may share the store: join their cluster (registry,
+    // leader election, the leader's sweeps and roll-ups; docs/cluster.md).
+    let cluster = match &opened.redis {
+        Some(redis) => {
+            let c = &el.cluster;
+            let config = tflock_cluster::ClusterConfig {
+                advertise_address: Some(
+                    c.advertise_address
+                        .clone()
+                        .unwrap_or_else(|| local.to_string()),
+                ),
+                heartbeat_interval: c.heartbeat_interval,
+                node_ttl: c.node_ttl,
+                leader_lease: c.leader_lease,
+                rollup_interval: c.rollup_interval,
+                ..tflock_cluster::ClusterConfig::default()
+            };
+            match tflock_cluster::Cluster::start(redis.clone(), config).await {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    opened.close().await;
+                    return Err(Failure::unavailable(format!(
+                        "cannot join the cluster: {e}"
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
     let mut state = AppState::new(backend, tokens)
         .with_health(opened.health.clone())
         .with_limits(limits);
+    if let Some(c) = &cluster {
+        state = state.with_cluster(c.clone());
+    }
     if !el.server.webhooks.is_empty() {
         let secret = el.server.webhook_secret.clone().and_then(Secret::new);
         tracing::info!(
@@ -164,6 +196,28 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> CliResult<Exit> {
             "posting events to webhooks"
         );
         state = state.with_webhooks(WebhookConfig::new(el.server.webhooks.clone(), secret));
+    }
+    // The VCS webhook receiver (docs/atlantis.md): a closed pull request releases its
+    // locks, legacy ones included (it acts on the wrapped backend). It checks the
+    // provider's signature or token itself, so it sits outside the bearer-token checks.
+    let github = el
+        .server
+        .github_webhook_secret
+        .clone()
+        .filter(|s| !s.is_empty());
+    let gitlab = el
+        .server
+        .gitlab_webhook_token
+        .clone()
+        .filter(|s| !s.is_empty());
+    if github.is_some() || gitlab.is_some() {
+        tracing::info!(
+            github = github.is_some(),
+            gitlab = gitlab.is_some(),
+            "receiving VCS webhooks at /api/vcs/github and /api/vcs/gitlab"
+        );
+        let hooks = tflock_migrate::webhook_router(state.backend().clone(), github, gitlab);
+        state = state.with_routes(hooks);
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(tflock_server::serve(listener, state, async move {
@@ -188,6 +242,10 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> CliResult<Exit> {
             }
         }
     };
+    if let Some(c) = &cluster {
+        // Gives up the lead at once (no wait for the lease) and leaves the registry.
+        c.shutdown().await;
+    }
     opened.close().await;
     if let Some(path) = &store {
         forget_server_address(path);
