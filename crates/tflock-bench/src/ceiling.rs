@@ -17,19 +17,20 @@ pub const CEILING_SCRIPT: &str =
     "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0";
 
 /// Writes and fsyncs 4 KiB at the same offset for `dur`: what one durable commit
-/// costs at least.
-pub fn fsync_rate(dir: &Path, dur: Duration) -> Result<f64> {
+/// costs at least. Returns the rate and each fsync's latency (ms).
+pub fn fsync_rate(dir: &Path, dur: Duration) -> Result<(f64, Vec<f64>)> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::create(dir.join("fsync-probe"))?;
     let buf = vec![7u8; 4096];
     let start = Instant::now();
-    let mut n = 0u64;
+    let mut lat = Vec::new();
     while start.elapsed() < dur {
+        let t = Instant::now();
         f.write_at(&buf, 0)?;
         f.sync_data()?;
-        n += 1;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok((lat.len() as f64 / start.elapsed().as_secs_f64(), lat))
 }
 
 /// The same with `threads` threads on separate files: whether the disk overlaps
@@ -179,4 +180,18 @@ pub fn redis_benchmark_available() -> Result<()> {
     } else {
         bail!("redis-benchmark --version failed")
     }
+}
+
+/// How late a thread wakes from a 200 µs sleep, `n` times (ms): the scheduling noise
+/// of the machine at the time of the run. Sub-millisecond tail latencies cannot be
+/// better than this.
+pub fn wakeup_lateness(n: usize) -> Vec<f64> {
+    let want = Duration::from_micros(200);
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            std::thread::sleep(want);
+            t.elapsed().saturating_sub(want).as_secs_f64() * 1e3
+        })
+        .collect()
 }

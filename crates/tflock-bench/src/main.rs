@@ -93,6 +93,10 @@ struct Args {
     /// The Python peers' venv (default: target/bench-venv).
     #[arg(long)]
     venv: Option<PathBuf>,
+    /// Measure nothing: redraw the report and plots from a `results.json` of an
+    /// earlier run (after editing the report's code or its hand-written sections).
+    #[arg(long)]
+    from_json: Option<PathBuf>,
 }
 
 /// Durations and sizes of this run.
@@ -203,9 +207,54 @@ async fn main() {
     }
 }
 
+/// Writes the report, the plots and `results.json` for `r`.
+fn write_report(r: &mut Results, out: &Path, plots: &Path) -> Result<()> {
+    std::fs::create_dir_all(plots).with_context(|| format!("creating {}", plots.display()))?;
+    let mut plot_links = Vec::new();
+    for p in plot::draw_all(r, plots) {
+        match p {
+            Ok(p) => plot_links.push(p),
+            Err(e) => r.errors.push(format!("plot: {e:#}")),
+        }
+    }
+    std::fs::write(plots.join("results.json"), serde_json::to_string_pretty(r)?)?;
+    let previous = std::fs::read_to_string(out).unwrap_or_default();
+    let rel_plots = relative(plots, out.parent().unwrap_or_else(|| Path::new(".")));
+    let text = report::render(r, &previous, &rel_plots, &plot_links);
+    if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<()> {
     let t0 = Instant::now();
     let plan = Plan::from(&args);
+    if let Some(json) = &args.from_json {
+        let mut r: Results = serde_json::from_str(
+            &std::fs::read_to_string(json)
+                .with_context(|| format!("reading {}", json.display()))?,
+        )
+        .with_context(|| format!("{} is not a tflock-bench results.json", json.display()))?;
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("docs/benchmarks.md"));
+        let plots = args
+            .plots
+            .clone()
+            .unwrap_or_else(|| out.parent().unwrap_or_else(|| Path::new(".")).join("bench"));
+        // Plot errors of this drawing are this drawing's, not the run's.
+        r.errors.retain(|e| !e.starts_with("plot: "));
+        write_report(&mut r, &out, &plots)?;
+        eprintln!(
+            "tflock-bench: redrew {} from {}",
+            out.display(),
+            json.display()
+        );
+        return Ok(());
+    }
     let out = args.out.clone().unwrap_or_else(|| {
         if args.only.is_empty() && args.backend.is_none() {
             PathBuf::from("docs/benchmarks.md")
@@ -262,6 +311,7 @@ async fn run(args: Args) -> Result<()> {
         }),
         machine: Some(machine()),
         load_before: load_average(),
+        wakeup_before: wakeup().await,
         ..Results::default()
     };
 
@@ -301,24 +351,8 @@ async fn run(args: Args) -> Result<()> {
 
     r.total_s = t0.elapsed().as_secs_f64();
     r.load_after = load_average();
-    std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
-    let plot_files = plot::draw_all(&r, &plots);
-    let mut plot_links = Vec::new();
-    for p in plot_files {
-        match p {
-            Ok(p) => plot_links.push(p),
-            Err(e) => r.errors.push(format!("plot: {e:#}")),
-        }
-    }
-    let json = plots.join("results.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&r)?)?;
-    let previous = std::fs::read_to_string(&out).unwrap_or_default();
-    let rel_plots = relative(&plots, out.parent().unwrap_or_else(|| Path::new(".")));
-    let text = report::render(&r, &previous, &rel_plots, &plot_links);
-    if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+    r.wakeup_after = wakeup().await;
+    write_report(&mut r, &out, &plots)?;
     eprintln!(
         "tflock-bench: wrote {} and {} in {:.0} s",
         out.display(),
@@ -379,6 +413,13 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Scheduling noise now: 2,000 wake-ups from 200 µs sleeps on a blocking thread.
+async fn wakeup() -> Option<Latency> {
+    tokio::task::spawn_blocking(|| Latency::of(ceiling::wakeup_lateness(2000)))
+        .await
+        .ok()
+}
+
 /// The 1-minute load average: how busy the machine was besides this run.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -420,12 +461,25 @@ async fn ceilings(ctx: &Ctx, r: &mut Results) {
     if ctx.backends.contains(&BackendKind::Embedded) {
         eprintln!("tflock-bench: ceiling: fsync and redb commits");
         let dir = ctx.dir.clone();
+        // A ceiling is the best the disk does: best of three short probes each, so a
+        // stall caused by other work on the machine does not lower it.
         let disk = tokio::task::spawn_blocking(move || -> Result<DiskCeiling> {
-            Ok(DiskCeiling {
-                fsync_per_s: ceiling::fsync_rate(&dir, dur)?,
-                fsync_16_threads_per_s: ceiling::fsync_rate_concurrent(&dir, dur, 16)?,
-                redb_commits_per_s: ceiling::redb_commit_rate(&dir, dur)?,
-            })
+            let probe = dur / 3;
+            let mut best = DiskCeiling::default();
+            for _ in 0..3 {
+                let (rate, lat) = ceiling::fsync_rate(&dir, probe)?;
+                if rate > best.fsync_per_s {
+                    best.fsync_per_s = rate;
+                    best.fsync_latency = Latency::of(lat);
+                }
+                best.fsync_16_threads_per_s = best
+                    .fsync_16_threads_per_s
+                    .max(ceiling::fsync_rate_concurrent(&dir, probe, 16)?);
+                best.redb_commits_per_s = best
+                    .redb_commits_per_s
+                    .max(ceiling::redb_commit_rate(&dir, probe)?);
+            }
+            Ok(best)
         })
         .await;
         match disk {
@@ -481,6 +535,7 @@ async fn ceilings(ctx: &Ctx, r: &mut Results) {
             evalsha_loop_per_s: lp.0,
             redis_benchmark_per_s: rb,
             redis: lp.1,
+            process_cpu_us: lp.2,
         });
     }
 }
@@ -556,11 +611,12 @@ async fn tflock_pairs(
         let tag = format!("c{c}");
         let run = measure::pairs(t.api.clone(), c, ctx.plan.seconds, &tag);
         match with_redis_cost(url, run).await {
-            Ok((v, redis)) => r.pairs.push(PairsRow {
+            Ok((v, redis, cpu)) => r.pairs.push(PairsRow {
                 system: sys.clone(),
                 clients: c,
                 pairs_per_s: v,
                 redis,
+                process_cpu_us: cpu,
             }),
             Err(e) => {
                 res = Err(e.context(format!("{} at {c}", sys.label)));
@@ -768,18 +824,35 @@ fn redis_cost(
     }
 }
 
-/// Runs `f` and Redis's cost of it, when `url` is given.
+/// CPU seconds this process (clients, tflock, the in-process HTTP server) has used,
+/// from `/proc/self/stat` (user + system, in clock ticks of 10 ms).
+fn process_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Runs `f` and measures its cost: Redis's (when `url` is given) and this process's
+/// CPU time per operation (µs).
 async fn with_redis_cost<T>(
     url: Option<&str>,
     f: impl Future<Output = Result<(T, u64)>>,
-) -> Result<(T, Option<RedisCost>)> {
+) -> Result<(T, Option<RedisCost>, Option<f64>)> {
     let before = match url {
         Some(u) => redis_counters(u).await.ok(),
         None => None,
     };
+    let cpu0 = process_cpu();
     let t = Instant::now();
     let (v, ops) = f.await?;
     let wall = t.elapsed();
+    let cpu = match (cpu0, process_cpu()) {
+        (Some(a), Some(b)) => Some((b - a) * 1e6 / ops.max(1) as f64),
+        _ => None,
+    };
     let cost = match (url, before) {
         (Some(u), Some(b)) => redis_counters(u)
             .await
@@ -787,7 +860,7 @@ async fn with_redis_cost<T>(
             .map(|a| redis_cost(b, a, ops, wall)),
         _ => None,
     };
-    Ok((v, cost))
+    Ok((v, cost, cpu))
 }
 
 /// Redis's `used_memory`.
@@ -897,11 +970,12 @@ async fn rslock_peers(ctx: &Ctx, r: &mut Results) {
             let tag = format!("rslock{c}");
             let run = measure::pairs(manager(), c, ctx.plan.seconds, &tag);
             match with_redis_cost(Some(&ctx.redis_url), run).await {
-                Ok((v, redis)) => r.pairs.push(PairsRow {
+                Ok((v, redis, cpu)) => r.pairs.push(PairsRow {
                     system: sys.clone(),
                     clients: c,
                     pairs_per_s: v,
                     redis,
+                    process_cpu_us: cpu,
                 }),
                 Err(e) => r.errors.push(format!("pairs: {label} at {c}: {e:#}")),
             }
@@ -1024,6 +1098,7 @@ async fn python_peers(ctx: &Ctx, args: &Args, r: &mut Results) {
                 clients: p.clients,
                 pairs_per_s: p.pairs_per_s,
                 redis: None,
+                process_cpu_us: None,
             });
         }
         for (h, w) in out.handoff.into_iter().zip(WAITERS) {

@@ -44,6 +44,8 @@ pub struct Machine {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DiskCeiling {
     pub fsync_per_s: f64,
+    /// Latency of one fsync, one thread (ms).
+    pub fsync_latency: Latency,
     pub fsync_16_threads_per_s: f64,
     pub redb_commits_per_s: f64,
 }
@@ -57,6 +59,8 @@ pub struct ScriptCeiling {
     pub redis_benchmark_per_s: Option<f64>,
     /// Redis's cost of the loop.
     pub redis: Option<RedisCost>,
+    /// The benchmark process's CPU time per script (µs).
+    pub process_cpu_us: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +70,9 @@ pub struct PairsRow {
     pub pairs_per_s: f64,
     /// What Redis did for it (Redis-backed systems).
     pub redis: Option<RedisCost>,
+    /// CPU time of the benchmark's process per pair (µs): the clients, tflock's
+    /// client side and, for HTTP, the in-process server.
+    pub process_cpu_us: Option<f64>,
 }
 
 /// Redis's own accounting over a measure (`INFO commandstats` and `INFO cpu`).
@@ -213,6 +220,9 @@ pub struct Results {
     /// 1-minute load average before and after the run (other work on the machine).
     pub load_before: Option<f64>,
     pub load_after: Option<f64>,
+    /// Lateness of a thread's wake-up from a 200 µs sleep (ms), before and after.
+    pub wakeup_before: Option<Latency>,
+    pub wakeup_after: Option<Latency>,
     pub disk: Option<DiskCeiling>,
     pub scripts: Vec<ScriptCeiling>,
     pub pairs: Vec<PairsRow>,
