@@ -39,7 +39,7 @@ pub mod scripts;
 mod duty;
 mod relay;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,12 +78,22 @@ pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const SWEEP_LIMIT: &str = "500";
 /// Most index members one list call scans per bucket (bounds script time).
 const LIST_SCAN: &str = "2000";
+/// Fewest locks one list call asks a bucket for (see `list_locks`).
+const LIST_MIN_BATCH: usize = 8;
 /// Most resources one export call returns per bucket (bounds script time).
 const EXPORT_PAGE: &str = "200";
 /// Import scripts in flight at once (one per resource, pipelined).
 const IMPORT_CONCURRENCY: usize = 32;
 /// Lua numbers are doubles: integers from 2^53 on are not kept exactly.
 const LUA_EXACT: u64 = 1 << 53;
+
+/// One bucket's place in a listing's merge: the locks it returned that are not
+/// merged yet, and where its next batch starts (it is known up to there).
+struct ListCursor {
+    after: String,
+    buffered: VecDeque<RawLock>,
+    done: bool,
+}
 
 /// What the operations, the waiters' guards and the sweeper share.
 struct Inner {
@@ -1187,45 +1197,91 @@ impl Backend for RedisBackend {
         let inner = &self.inner;
         inner.check_open()?;
         let limit = filter.page_size()?;
-        let mut after = filter.cursor_key()?.unwrap_or_default();
+        let start = filter.cursor_key()?.unwrap_or_default();
         let repo = filter.repo.clone().unwrap_or_default();
         let owner = filter.owner.clone().unwrap_or_default();
         let user = filter.user.clone().unwrap_or_default();
         // One more than a page, to know whether another page follows.
-        let mut out: Vec<RawLock> = Vec::with_capacity(limit + 1);
+        let room = limit + 1;
+        // A lazy k-way merge: each bucket is asked for a small batch; a bucket whose
+        // batch runs out before the page is full is asked for its next one (after its
+        // last scanned key), all such buckets pipelined in one round.
+        let batch = (room.div_ceil(BUCKETS) + 4).max(LIST_MIN_BATCH).to_string();
+        let mut buckets: Vec<ListCursor> = (0..BUCKETS)
+            .map(|_| ListCursor {
+                after: start.clone(),
+                buffered: VecDeque::new(),
+                done: false,
+            })
+            .collect();
+        let mut out: Vec<RawLock> = Vec::with_capacity(room);
+        let mut stale: Vec<usize> = (0..BUCKETS).collect();
         loop {
-            let want = (limit + 1 - out.len()).to_string();
-            let replies = inner
-                .run_all::<ListReply>(
-                    &inner.scripts.list,
-                    &[&after, &want, &repo, &owner, &user, LIST_SCAN],
-                    false,
-                )
-                .await?;
-            // Each bucket is complete up to its `last` key unless it is done; the
-            // merge is complete up to the smallest such frontier.
-            let mut frontier: Option<String> = None;
-            let mut merged = Vec::new();
-            for r in replies {
-                if !r.body.done && !r.body.last.is_empty() {
-                    let f = r.body.last;
-                    if frontier.as_ref().is_none_or(|cur| f < *cur) {
-                        frontier = Some(f);
+            if !stale.is_empty() {
+                let replies = join_all(stale.iter().map(|&b| {
+                    let after = buckets[b].after.as_str();
+                    let (batch, repo, owner, user) = (&batch, &repo, &owner, &user);
+                    async move {
+                        inner
+                            .run::<ListReply>(
+                                &inner.scripts.list,
+                                b,
+                                &[after, batch, repo, owner, user, LIST_SCAN],
+                                false,
+                            )
+                            .await
                     }
+                }))
+                .await;
+                for (&b, r) in stale.iter().zip(replies) {
+                    let r = r?.body;
+                    let c = &mut buckets[b];
+                    // Complete up to `last`: the next batch starts after it.
+                    if r.done || r.last.is_empty() {
+                        c.done = true;
+                    } else {
+                        c.after = r.last;
+                    }
+                    c.buffered.extend(r.locks);
                 }
-                merged.extend(r.body.locks);
+                stale.clear();
             }
-            merged.sort_by(|a, b| a.sk.cmp(&b.sk));
-            let room = limit + 1 - out.len();
-            out.extend(
-                merged
-                    .into_iter()
-                    .filter(|l| frontier.as_ref().is_none_or(|f| l.sk <= *f))
-                    .take(room),
-            );
-            match frontier {
-                Some(f) if out.len() <= limit => after = f,
-                _ => break,
+            while out.len() < room {
+                // The smallest buffered lock...
+                let Some(b) = (0..BUCKETS)
+                    .filter(|&b| !buckets[b].buffered.is_empty())
+                    .min_by(|&x, &y| buckets[x].buffered[0].sk.cmp(&buckets[y].buffered[0].sk))
+                else {
+                    break;
+                };
+                // ...is next only if no drained bucket may still hold a smaller one:
+                // a drained bucket is known up to its `after`.
+                let sk = &buckets[b].buffered[0].sk;
+                if buckets
+                    .iter()
+                    .any(|c| !c.done && c.buffered.is_empty() && c.after < *sk)
+                {
+                    break;
+                }
+                out.extend(buckets[b].buffered.pop_front());
+            }
+            if out.len() >= room {
+                break;
+            }
+            // Refill the drained buckets that may hold the next lock: every drained
+            // one below the smallest buffered lock (all of them when none is).
+            let head = buckets
+                .iter()
+                .filter_map(|c| c.buffered.front().map(|l| l.sk.clone()))
+                .min();
+            stale = (0..BUCKETS)
+                .filter(|&b| {
+                    let c = &buckets[b];
+                    !c.done && c.buffered.is_empty() && head.as_ref().is_none_or(|h| c.after < *h)
+                })
+                .collect();
+            if stale.is_empty() {
+                break;
             }
         }
         let next_cursor = if out.len() > limit {
