@@ -69,6 +69,22 @@ fn refusal(ctx: &Ctx, headers: &HeaderMap, csrf: Option<&str>, back: &str) -> Op
     None
 }
 
+/// The resource an action form names, and the lock page to go back to, once the
+/// form is valid and the caller may act (see [`refusal`]); else the answer to give.
+fn admitted(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    params: ResourceParams,
+    csrf: Option<&str>,
+) -> Result<(tflock_core::Resource, String), Box<Response>> {
+    let resource = params.resource().map_err(|e| Box::new(bad_form(ctx, e)))?;
+    let back = lock_href(&resource);
+    match refusal(ctx, headers, csrf, &back) {
+        Some(r) => Err(Box::new(r)),
+        None => Ok((resource, back)),
+    }
+}
+
 fn bad_form(ctx: &Ctx, e: impl std::fmt::Display) -> Response {
     ctx.message(
         StatusCode::BAD_REQUEST,
@@ -231,14 +247,10 @@ pub(crate) async fn force_unlock(
         workspace: form.workspace,
         project_name: form.project_name,
     };
-    let resource = match params.resource() {
-        Ok(r) => r,
-        Err(e) => return bad_form(&ctx, e),
+    let (resource, back) = match admitted(&ctx, &headers, params, form.csrf.as_deref()) {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
-    let back = lock_href(&resource);
-    if let Some(r) = refusal(&ctx, &headers, form.csrf.as_deref(), &back) {
-        return r;
-    }
     let key = resource.lock_key();
     let confirmed: Option<u64> = form.fencing_token.as_deref().and_then(|t| t.parse().ok());
     // The confirmation named one lease (by its fencing token): if the lock changed
@@ -330,14 +342,10 @@ pub(crate) async fn cancel_entry(
         workspace: form.workspace,
         project_name: form.project_name,
     };
-    let resource = match params.resource() {
-        Ok(r) => r,
-        Err(e) => return bad_form(&ctx, e),
+    let (resource, back) = match admitted(&ctx, &headers, params, form.csrf.as_deref()) {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
-    let back = lock_href(&resource);
-    if let Some(r) = refusal(&ctx, &headers, form.csrf.as_deref(), &back) {
-        return r;
-    }
     let entry_id = form.entry_id.unwrap_or_default();
     // The entry must be in this lock's queue: the form names both, and the page it
     // sends the administrator back to must be the one the entry was on.
