@@ -276,7 +276,14 @@ def docker_build_context():
             dst = Path(tmp) / f
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst)
-        run(["cargo", "metadata", "--locked", "--offline", "--format-version", "1"], cwd=tmp)
+        # Not --offline: a fresh machine's cargo cache holds only what a build of this
+        # host fetched, and a metadata resolve without a platform filter wants every
+        # target's crates (Windows ones too). The image builds for the host's kind of
+        # platform, so only its crates must resolve; cargo fetches any that are missing.
+        host = next(l.split(":", 1)[1].strip() for l in
+                    run(["rustc", "-vV"], cwd=tmp).stdout.splitlines() if l.startswith("host:"))
+        run(["cargo", "metadata", "--locked", "--format-version", "1", "--filter-platform", host],
+            cwd=tmp, timeout=600)
     return f"{len(context)} files; cargo metadata --locked loads the workspace from them"
 
 
