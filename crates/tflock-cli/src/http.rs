@@ -474,8 +474,15 @@ impl Backend for HttpBackend {
         .map_err(|e| map_err(e, unlock_specific))
     }
 
-    async fn force_unlock(&self, resource: &Resource) -> Result<UnlockResponse, UnlockError> {
-        let body = json!({"resource": resource, "force": true});
+    async fn force_unlock(
+        &self,
+        resource: &Resource,
+        expected_token: Option<tflock_core::FencingToken>,
+    ) -> Result<UnlockResponse, UnlockError> {
+        let mut body = json!({"resource": resource, "force": true});
+        if let Some(t) = expected_token {
+            body["expected_token"] = json!(t.0);
+        }
         self.call(
             Method::POST,
             "/api/v1/locks/release",
@@ -609,8 +616,24 @@ impl Backend for HttpBackend {
             .map_err(|e| map_err(e, no_specific))
     }
 
-    async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
-        let path = format!("/api/v1/queue/{}", segment(entry_id));
+    async fn cancel_queue_entry(
+        &self,
+        entry_id: &str,
+        expected_resource: Option<&Resource>,
+    ) -> Result<QueueEntryView, CancelError> {
+        let mut path = format!("/api/v1/queue/{}", segment(entry_id));
+        if let Some(r) = expected_resource {
+            // The server checks the entry still waits in this resource's queue in the
+            // same atomic step as the cancel.
+            let q = serde_urlencoded::to_string([
+                ("repo", r.repo.as_str()),
+                ("path", r.path.as_str()),
+                ("workspace", r.workspace.as_str()),
+                ("project_name", r.project_name.as_str()),
+            ])
+            .map_err(|e| CancelError::Backend(BackendError::Internal(e.to_string())))?;
+            path = format!("{path}?{q}");
+        }
         self.call::<CancelledBody>(Method::DELETE, &path, None, None, CALL_TIMEOUT)
             .await
             .map(|b| b.cancelled)

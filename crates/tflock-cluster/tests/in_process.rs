@@ -239,7 +239,7 @@ async fn the_leader_rolls_metrics_up() {
         b.unlock(&r, l.lock.unwrap().lease_id.as_ref().unwrap())
             .await
             .unwrap();
-        b.force_unlock(&r).await.unwrap();
+        b.force_unlock(&r, None).await.unwrap();
     }
     let m = until(
         "a roll-up counting the hand-offs",

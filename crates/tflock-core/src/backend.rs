@@ -14,7 +14,7 @@ use crate::error::{
     UnlockError,
 };
 use crate::event::LockEvent;
-use crate::lease::{LeaseId, Lock};
+use crate::lease::{FencingToken, LeaseId, Lock};
 use crate::owner::Owner;
 use crate::queue::{QueueEntryView, QueueStatus};
 use crate::request::{
@@ -78,8 +78,15 @@ pub trait Backend: Send + Sync + 'static {
         lease_id: &LeaseId,
     ) -> Result<UnlockResponse, UnlockError>;
 
-    /// Unlock whoever holds it (admin).
-    async fn force_unlock(&self, resource: &Resource) -> Result<UnlockResponse, UnlockError>;
+    /// Unlock whoever holds it (admin). With `expected_token`, only if the live lease
+    /// still has that fencing token, checked in the same atomic step as the release
+    /// (otherwise [`UnlockError::Changed`] and nothing changes): an administrator who
+    /// confirmed one holder never ends the lease of another.
+    async fn force_unlock(
+        &self,
+        resource: &Resource,
+        expected_token: Option<FencingToken>,
+    ) -> Result<UnlockResponse, UnlockError>;
 
     /// Every lease and queue entry of exactly this repository and pull request.
     async fn unlock_by_pull(
@@ -116,8 +123,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Every queue entry of `username` on every resource.
     async fn get_user_queue(&self, username: &str) -> Result<Vec<QueueEntryView>, QueryError>;
 
-    /// Removes a queue entry (a waiter's call then ends as not acquired).
-    async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError>;
+    /// Removes a queue entry (a waiter's call then ends as not acquired). With
+    /// `expected_resource`, only if the entry still waits in that resource's queue,
+    /// checked in the same atomic step (otherwise [`CancelError::NotFound`]): an entry
+    /// granted in the meantime is not the entry the administrator saw.
+    async fn cancel_queue_entry(
+        &self,
+        entry_id: &str,
+        expected_resource: Option<&Resource>,
+    ) -> Result<QueueEntryView, CancelError>;
 
     /// Checks the store is usable.
     async fn health_check(&self) -> Result<BackendHealth, BackendError>;

@@ -2,7 +2,7 @@
 //!
 //! Callers match narrowly on an operation's error (e.g. [`UnlockError::NotOwner`]) or
 //! turn any of them into the umbrella [`Error`] with `?`. Every code has one HTTP status,
-//! as `shared/design/locking-contract.md` lists them.
+//! as `docs/contract.md` lists them.
 
 use std::fmt;
 
@@ -154,6 +154,10 @@ operation_error! {
         NotFound => NotFound,
         #[error("the lock is held under another lease")]
         NotOwner => NotOwner,
+        /// A force unlock named the lease it meant (`expected_token`) and the lock is
+        /// now held under another one: nothing was released.
+        #[error("the lock changed hands: it is held with fencing token {current}, not the expected {expected}")]
+        Changed { expected: crate::lease::FencingToken, current: crate::lease::FencingToken } => NotOwner,
     }
 }
 

@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::InvalidRequest;
 use crate::owner::Owner;
 use crate::priority::Priority;
 use crate::resource::Resource;
@@ -25,7 +26,49 @@ impl LeaseId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A lease id read from a caller, checked to be well formed (see [`LeaseId::check`]).
+    pub fn parse(field: &str, value: impl Into<String>) -> Result<Self, InvalidRequest> {
+        let id = LeaseId(value.into());
+        id.check(field)?;
+        Ok(id)
+    }
+
+    /// Checks the form of a lease id presented by a caller: 16 to 128 ASCII letters,
+    /// digits, `-` or `_`. An empty lease id is nobody's: it never means "force", so it
+    /// is refused here before any store sees it, and so is anything that cannot be a
+    /// lease id (spaces, control characters, a whole JSON document). The ids tflock
+    /// makes are 32 hex digits; the wider form admits ids imported from a snapshot.
+    pub fn check(&self, field: &str) -> Result<(), InvalidRequest> {
+        let s = self.0.as_str();
+        if s.is_empty() {
+            return Err(InvalidRequest::new(
+                field,
+                "must not be empty (an empty lease id is nobody's; force is the admin operation)",
+            ));
+        }
+        if !(MIN_LEASE_ID_BYTES..=MAX_LEASE_ID_BYTES).contains(&s.len())
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(InvalidRequest::new(
+                field,
+                format!(
+                    "is not a lease id: {MIN_LEASE_ID_BYTES} to {MAX_LEASE_ID_BYTES} ASCII \
+                     letters, digits, '-' or '_' (got {} bytes)",
+                    s.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// Shortest lease id a caller may present, in bytes.
+pub const MIN_LEASE_ID_BYTES: usize = 16;
+/// Longest lease id a caller may present, in bytes.
+pub const MAX_LEASE_ID_BYTES: usize = 128;
 
 impl fmt::Debug for LeaseId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

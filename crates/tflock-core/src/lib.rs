@@ -2,7 +2,7 @@
 //!
 //! Every backend (embedded `redb` store, Redis) and every surface (HTTP API, CLI, web
 //! page) shares the types in this crate, so that the contract in
-//! `shared/design/locking-contract.md` is written down once.
+//! `docs/contract.md` is written down once.
 //!
 //! # Layout
 //!

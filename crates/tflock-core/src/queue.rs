@@ -55,9 +55,19 @@ pub struct QueueEntry {
     #[serde(with = "humantime_serde")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1h"))]
     pub ttl: Duration,
-    /// The caller's idempotency key, kept so a retry finds its grant.
+    /// The caller's idempotency key, kept so a retry finds its grant. A secret: only
+    /// a backend's own record and an admin export carry it; [`QueueEntry::public`]
+    /// removes it from everything shown to callers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+}
+
+impl QueueEntry {
+    /// The entry as anybody may see it: without its `request_id`.
+    pub fn public(mut self) -> QueueEntry {
+        self.request_id = None;
+        self
+    }
 }
 
 /// The anti-starvation knobs, from [`crate::LockSettings`].
@@ -133,7 +143,8 @@ pub fn grant_order(
     v
 }
 
-/// A queue entry as shown to callers: with its place and its current effective priority.
+/// A queue entry as shown to callers: with its place and its current effective priority,
+/// never with its `request_id` (build it from [`QueueEntry::public`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueEntryView {
@@ -166,7 +177,7 @@ impl QueueEntryView {
                 ),
                 position: i + 1,
                 waited: now.since(entry.enqueued_at),
-                entry,
+                entry: entry.public(),
             })
             .collect()
     }

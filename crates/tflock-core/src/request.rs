@@ -94,8 +94,15 @@ pub struct LockRequest {
     pub wait: Option<WaitSpec>,
     #[serde(default)]
     pub reserve: bool,
+    /// A secret idempotency key: a retry with the same id is answered from the
+    /// present state of the grant or entry the first call made (contract rule 8), and
+    /// it proves holding that grant for a re-lock (rule 2). Never shown back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The caller's lease, when it holds the lock already: the proof a re-lock by the
+    /// same owner needs (rule 2). The owner string alone proves nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<LeaseId>,
 }
 
 impl LockRequest {
@@ -109,6 +116,7 @@ impl LockRequest {
             wait: None,
             reserve: false,
             request_id: None,
+            lease_id: None,
         }
     }
 
@@ -137,6 +145,12 @@ impl LockRequest {
         self
     }
 
+    /// Presents the caller's lease, for a re-lock (contract rule 2).
+    pub fn with_lease_id(mut self, lease: LeaseId) -> Self {
+        self.lease_id = Some(lease);
+        self
+    }
+
     /// Checks every field and normalises the resource; names the field at fault.
     pub fn validate(mut self) -> Result<Self, InvalidRequest> {
         self.resource = self.resource.validate("resource")?;
@@ -151,17 +165,27 @@ impl LockRequest {
                 format!("must be 1 to {MAX_REQUEST_ID_BYTES} bytes without control characters"),
             ));
         }
+        if let Some(lease) = &self.lease_id {
+            lease.check("lease_id")?;
+        }
         Ok(self)
     }
 }
 
 /// Why a TryLock did not acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NotAcquiredReason {
     /// Held by another owner and the request did not wait (or is a reservation).
     Held,
+    /// Held by the same owner, but the caller did not prove it holds the lease (no
+    /// `lease_id`, no `request_id` of the grant): owner strings are public, never a
+    /// credential. Not queued behind itself.
+    HeldByOwner,
+    /// A retry of a `request_id` whose lease has ended (released, expired, forced,
+    /// transferred, unlocked by pull) or whose queue entry is gone.
+    LeaseLost,
     /// Waited until its deadline.
     Timeout,
     /// Its queue entry was cancelled (CancelQueueEntry, UnlockByPull) while it waited.

@@ -30,10 +30,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tflock_core::{
-    Backend, BackendError, BackendHealth, BackendMetrics, CancelError, EventKind, LeaseId, Lock,
-    LockEvent, LockFilter, LockPage, LockRequest, LockResponse, LockSettings, NotAcquiredReason,
-    Owner, PullUnlockResponse, QueryError, QueueEntryView, QueueStatus, RefreshError, Resource,
-    SharedClock, TransferAuth, TransferError, TryLockError, UnlockError, UnlockResponse,
+    Backend, BackendError, BackendHealth, BackendMetrics, CancelError, EventKind, FencingToken,
+    LeaseId, Lock, LockEvent, LockFilter, LockPage, LockRequest, LockResponse, LockSettings,
+    NotAcquiredReason, Owner, PullUnlockResponse, QueryError, QueueEntryView, QueueStatus,
+    RefreshError, Resource, SharedClock, TransferAuth, TransferError, TryLockError, UnlockError,
+    UnlockResponse,
 };
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -524,12 +525,26 @@ impl Backend for EmbeddedBackend {
         r
     }
 
-    async fn force_unlock(&self, resource: &Resource) -> Result<UnlockResponse, UnlockError> {
+    async fn force_unlock(
+        &self,
+        resource: &Resource,
+        expected_token: Option<FencingToken>,
+    ) -> Result<UnlockResponse, UnlockError> {
         let resource = resource.clone().validate("resource")?;
         let key = resource.storage_key();
         let r = self
             .with_state(|st, ctx| {
                 st.settle(&key, ctx);
+                // The check and the release happen under one lock of the state: no
+                // hand-off can come between what the admin confirmed and the release.
+                if let (Some(expected), Some(cur)) = (expected_token, st.lock(&key))
+                    && cur.fencing_token != expected
+                {
+                    return Err(UnlockError::Changed {
+                        expected,
+                        current: cur.fencing_token,
+                    });
+                }
                 let (released, granted_to) = st
                     .release(&key, EventKind::LockReleased, ctx)
                     .ok_or(UnlockError::NotFound)?;
@@ -718,9 +733,24 @@ impl Backend for EmbeddedBackend {
             .await?)
     }
 
-    async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
-        self.with_state(|st, ctx| st.cancel_entry(entry_id, ctx).ok_or(CancelError::NotFound))
-            .await?
+    async fn cancel_queue_entry(
+        &self,
+        entry_id: &str,
+        expected_resource: Option<&Resource>,
+    ) -> Result<QueueEntryView, CancelError> {
+        let expected_key = match expected_resource {
+            Some(r) => Some(r.clone().validate("resource")?.storage_key()),
+            None => None,
+        };
+        self.with_state(|st, ctx| {
+            if let Some(key) = &expected_key
+                && !st.waits_in(key, entry_id)
+            {
+                return Err(CancelError::NotFound);
+            }
+            st.cancel_entry(entry_id, ctx).ok_or(CancelError::NotFound)
+        })
+        .await?
     }
 
     async fn health_check(&self) -> Result<BackendHealth, BackendError> {

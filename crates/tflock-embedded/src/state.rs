@@ -739,6 +739,11 @@ impl State {
         }
     }
 
+    /// Whether `entry_id` still waits in the queue of `key` (not granted, not gone).
+    pub fn waits_in(&self, key: &str, entry_id: &str) -> bool {
+        self.entry_index.get(entry_id).is_some_and(|k| k == key) && !self.granted_to(key, entry_id)
+    }
+
     /// Cancels an entry on request; a blocked waiter is told.
     pub fn cancel_entry(&mut self, entry_id: &str, ctx: &Ctx) -> Option<QueueEntryView> {
         let key = self.entry_index.get(entry_id)?.clone();
@@ -754,7 +759,7 @@ impl State {
                 .effective_priority(e.priority, e.enqueued_at, ctx.now),
             position,
             waited: ctx.now.since(e.enqueued_at),
-            entry: e,
+            entry: e.public(),
         })
     }
 

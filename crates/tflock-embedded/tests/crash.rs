@@ -184,7 +184,7 @@ async fn acknowledged_grants_survive_sigkill_20_times() {
         // new grant after it must still be above every acknowledged token.
         if let Some(l) = backend.get_lock(&hot).await.unwrap() {
             assert!(l.fencing_token.0 > 0);
-            backend.force_unlock(&hot).await.unwrap();
+            backend.force_unlock(&hot, None).await.unwrap();
         }
         let resp = backend
             .try_lock(LockRequest::new(hot.clone(), "verifier"))

@@ -275,9 +275,17 @@ impl Backend for GuardedBackend {
             .await
     }
 
-    async fn force_unlock(&self, resource: &Resource) -> Result<UnlockResponse, UnlockError> {
-        self.call("force_unlock", true, self.inner.force_unlock(resource))
-            .await
+    async fn force_unlock(
+        &self,
+        resource: &Resource,
+        expected_token: Option<tflock_core::FencingToken>,
+    ) -> Result<UnlockResponse, UnlockError> {
+        self.call(
+            "force_unlock",
+            true,
+            self.inner.force_unlock(resource, expected_token),
+        )
+        .await
     }
 
     async fn unlock_by_pull(
@@ -341,11 +349,15 @@ impl Backend for GuardedBackend {
             .await
     }
 
-    async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
+    async fn cancel_queue_entry(
+        &self,
+        entry_id: &str,
+        expected_resource: Option<&Resource>,
+    ) -> Result<QueueEntryView, CancelError> {
         self.call(
             "cancel_entry",
             true,
-            self.inner.cancel_queue_entry(entry_id),
+            self.inner.cancel_queue_entry(entry_id, expected_resource),
         )
         .await
     }

@@ -527,10 +527,14 @@ impl Backend for LegacyFallback {
         }
     }
 
-    async fn force_unlock(&self, resource: &Resource) -> Result<UnlockResponse, UnlockError> {
+    async fn force_unlock(
+        &self,
+        resource: &Resource,
+        expected_token: Option<tflock_core::FencingToken>,
+    ) -> Result<UnlockResponse, UnlockError> {
         let resource = resource.clone().validate("resource")?;
         let legacy = self.active(&resource).await.map_err(unlock_err)?;
-        match self.inner.force_unlock(&resource).await {
+        match self.inner.force_unlock(&resource, expected_token).await {
             Ok(answer) => {
                 if let Some(l) = legacy {
                     self.release(&l).await.map_err(unlock_err)?;
@@ -538,6 +542,12 @@ impl Backend for LegacyFallback {
                 Ok(answer)
             }
             Err(UnlockError::NotFound) => match legacy {
+                Some(l) if expected_token.is_some_and(|t| t != l.lock.fencing_token) => {
+                    Err(UnlockError::Changed {
+                        expected: expected_token.unwrap_or_default(),
+                        current: l.lock.fencing_token,
+                    })
+                }
                 Some(l) => {
                     self.release(&l).await.map_err(unlock_err)?;
                     Ok(UnlockResponse {
@@ -678,8 +688,14 @@ impl Backend for LegacyFallback {
         self.inner.get_user_queue(username).await
     }
 
-    async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
-        self.inner.cancel_queue_entry(entry_id).await
+    async fn cancel_queue_entry(
+        &self,
+        entry_id: &str,
+        expected_resource: Option<&Resource>,
+    ) -> Result<QueueEntryView, CancelError> {
+        self.inner
+            .cancel_queue_entry(entry_id, expected_resource)
+            .await
     }
 
     async fn health_check(&self) -> Result<BackendHealth, BackendError> {

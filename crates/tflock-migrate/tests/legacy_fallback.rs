@@ -189,7 +189,7 @@ async fn a_legacy_lock_blocks_and_lists_until_released_through_tflock() {
     assert_eq!(err, UnlockError::NotOwner);
 
     // Force-unlock through tflock records the release; the lock stops counting.
-    let released = locks.force_unlock(&infra()).await.unwrap();
+    let released = locks.force_unlock(&infra(), None).await.unwrap();
     assert_eq!(released.released.owner.owner, "acme/infra#42");
     assert_eq!(released.released.owner.note, LEGACY_NOTE);
     assert!(locks.get_lock(&infra()).await.unwrap().is_none());
@@ -418,7 +418,7 @@ async fn atlantis_redis_locks_count_until_atlantis_deletes_them() {
     // Force-unlock of a lock still in Atlantis's Redis is recorded in tflock.
     let sub = Resource::new("group/sub/repo", "envs/staging", "staging", "app").unwrap();
     assert!(locks.get_lock(&sub).await.unwrap().is_some());
-    locks.force_unlock(&sub).await.unwrap();
+    locks.force_unlock(&sub, None).await.unwrap();
     assert!(locks.get_lock(&sub).await.unwrap().is_none());
     // Atlantis's Redis is only read, never written.
     let still: Option<String> = redis::cmd("GET")

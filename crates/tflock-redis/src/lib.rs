@@ -50,12 +50,12 @@ use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json, json};
 use tflock_core::{
-    Backend, BackendError, BackendHealth, BackendMetrics, CancelError, EntryKind, ImportError,
-    ImportOptions, ImportReport, InvalidRequest, LeaseId, Lock, LockEvent, LockFilter, LockPage,
-    LockRequest, LockResponse, LockSettings, NotAcquiredReason, Owner, PullUnlockResponse,
-    QueryError, QueueEntry, QueueEntryView, QueueStatus, RefreshError, Resource, ResourceSnapshot,
-    SharedClock, Snapshot, Timestamp, TransferAuth, TransferError, TryLockError, UnlockError,
-    UnlockResponse,
+    Backend, BackendError, BackendHealth, BackendMetrics, CancelError, EntryKind, FencingToken,
+    ImportError, ImportOptions, ImportReport, InvalidRequest, LeaseId, Lock, LockEvent, LockFilter,
+    LockPage, LockRequest, LockResponse, LockSettings, NotAcquiredReason, Owner,
+    PullUnlockResponse, QueryError, QueueEntry, QueueEntryView, QueueStatus, RefreshError,
+    Resource, ResourceSnapshot, SharedClock, Snapshot, Timestamp, TransferAuth, TransferError,
+    TryLockError, UnlockError, UnlockResponse,
 };
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -1081,7 +1081,11 @@ impl Backend for RedisBackend {
         unlock_script(&self.inner, &resource, lease_id.as_str()).await
     }
 
-    async fn force_unlock(&self, resource: &Resource) -> Result<UnlockResponse, UnlockError> {
+    async fn force_unlock(
+        &self,
+        resource: &Resource,
+        _expected_token: Option<FencingToken>,
+    ) -> Result<UnlockResponse, UnlockError> {
         self.inner.check_open()?;
         let resource = resource.clone().validate("resource")?;
         unlock_script(&self.inner, &resource, "").await
@@ -1345,7 +1349,11 @@ impl Backend for RedisBackend {
         Ok(by_key.into_values().flatten().collect())
     }
 
-    async fn cancel_queue_entry(&self, entry_id: &str) -> Result<QueueEntryView, CancelError> {
+    async fn cancel_queue_entry(
+        &self,
+        entry_id: &str,
+        _expected_resource: Option<&Resource>,
+    ) -> Result<QueueEntryView, CancelError> {
         let inner = &self.inner;
         inner.check_open()?;
         if entry_id.is_empty() {

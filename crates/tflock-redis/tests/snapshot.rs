@@ -323,10 +323,13 @@ async fn foreign_snapshot_is_imported(base: fn() -> RedisConfig) {
 
     // Entry ids that do not name their bucket can still be cancelled.
     for id in [&foreign, &lookalike] {
-        let v = b.cancel_queue_entry(id).await.expect("cancel a foreign id");
+        let v = b
+            .cancel_queue_entry(id, None)
+            .await
+            .expect("cancel a foreign id");
         assert_eq!(&v.entry.entry_id, id);
         assert!(matches!(
-            b.cancel_queue_entry(id).await,
+            b.cancel_queue_entry(id, None).await,
             Err(CancelError::NotFound)
         ));
     }

@@ -177,7 +177,7 @@ pub(crate) async fn release(
         (true, None) => {
             caller.require_admin()?;
             let op = Op::start(&state, "force_release");
-            op.finish(state.backend().force_unlock(&resource).await, ok)?
+            op.finish(state.backend().force_unlock(&resource, None).await, ok)?
         }
         (false, Some(id)) => {
             let id = lease_id("lease_id", id)?;
@@ -392,6 +392,9 @@ pub(crate) async fn cancel_entry(
 ) -> Result<Json<CancelledBody>, ApiError> {
     let Path(entry_id) = entry_id.map_err(|e| ApiError::invalid("entry_id", e.body_text()))?;
     let op = Op::start(&state, "cancel_entry");
-    let cancelled = op.finish(state.backend().cancel_queue_entry(&entry_id).await, ok)?;
+    let cancelled = op.finish(
+        state.backend().cancel_queue_entry(&entry_id, None).await,
+        ok,
+    )?;
     Ok(Json(CancelledBody { cancelled }))
 }

@@ -47,10 +47,19 @@ pub struct AcquireBody {
     /// once with its entry id and position.
     #[serde(default)]
     pub reserve: bool,
-    /// Idempotency key: a retry with the same id is answered as the first call was.
+    /// Secret idempotency key: a retry with the same id is answered from the present
+    /// state of what the first call made (its lease while it is the live one, else
+    /// `acquired: false` with reason `lease_lost`). It also proves holding that grant
+    /// for a re-lock. Never shown in any answer.
     #[serde(default)]
     #[schema(max_length = 128)]
     pub request_id: Option<String>,
+    /// The caller's lease, when it already holds the lock: a re-lock by the same
+    /// owner extends the lease only with this (or the grant's `request_id`) as proof;
+    /// without it the answer is `acquired: false`, reason `held_by_owner`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, min_length = 16, max_length = 128)]
+    pub lease_id: Option<String>,
 }
 
 impl AcquireBody {
@@ -70,6 +79,10 @@ impl AcquireBody {
             wait: self.wait,
             reserve: self.reserve,
             request_id: self.request_id,
+            lease_id: self
+                .lease_id
+                .map(|l| LeaseId::parse("lease_id", l))
+                .transpose()?,
         }
         .validate()
     }
@@ -231,12 +244,9 @@ pub fn check_pull(field: &str, num: Option<u64>) -> Result<(), InvalidRequest> {
     }
 }
 
-/// A lease id from a request body, checked to be non-empty.
+/// A lease id from a request body, checked to be well formed ([`LeaseId::check`]).
 pub fn lease_id(field: &str, value: String) -> Result<LeaseId, InvalidRequest> {
-    if value.is_empty() {
-        return Err(InvalidRequest::new(field, "must not be empty"));
-    }
-    Ok(LeaseId(value))
+    LeaseId::parse(field, value)
 }
 
 /// `POST /api/v1/admin/import` query.

@@ -283,7 +283,7 @@ pub(crate) async fn force_unlock(
             ),
         );
     }
-    match bounded(ctx.web.backend().force_unlock(&resource)).await {
+    match bounded(ctx.web.backend().force_unlock(&resource, None)).await {
         Ok(done) => {
             tracing::info!(
                 lock = %key,
@@ -356,7 +356,7 @@ pub(crate) async fn cancel_entry(
     if !in_queue {
         return gone(&ctx, &resource, &back);
     }
-    match bounded(ctx.web.backend().cancel_queue_entry(&entry_id)).await {
+    match bounded(ctx.web.backend().cancel_queue_entry(&entry_id, None)).await {
         Ok(cancelled) => {
             tracing::info!(
                 lock = %resource.lock_key(),

@@ -182,7 +182,7 @@ async fn one(backend: &SharedBackend, command: LocksCommand, out: Out) -> CliRes
         } => {
             let r = resource(&r)?;
             let resp = match (force, lease_id) {
-                (true, _) => backend.force_unlock(&r).await?,
+                (true, _) => backend.force_unlock(&r, None).await?,
                 (false, Some(l)) => backend.unlock(&r, &LeaseId(l)).await?,
                 (false, None) => return Err(Failure::usage("give --lease-id L or --force")),
             };
@@ -303,7 +303,7 @@ async fn one(backend: &SharedBackend, command: LocksCommand, out: Out) -> CliRes
             Ok(Exit::Success)
         }
         LocksCommand::Cancel { entry } => {
-            let cancelled = backend.cancel_queue_entry(&entry).await?;
+            let cancelled = backend.cancel_queue_entry(&entry, None).await?;
             out.emit(&json!({ "cancelled": cancelled }), || {
                 format!(
                     "cancelled {} ({} on {}, waited {})",
@@ -331,6 +331,7 @@ async fn acquire(backend: &SharedBackend, a: AcquireArgs, out: Out) -> CliResult
         wait: a.wait,
         reserve: a.reserve,
         request_id: a.request_id,
+        lease_id: None,
     };
     let resp = backend.try_lock(request).await?;
     // The explanation goes to stderr in every format; stdout carries the answer: the

@@ -68,6 +68,7 @@ async fn acquire(
         wait: None,
         reserve: false,
         request_id: None,
+        lease_id: None,
     };
     let first = backend.try_lock(request.clone()).await?;
     if first.acquired {

@@ -296,12 +296,16 @@ pub async fn run(backend: &SharedBackend, target: &str, out: Out) -> CliResult<E
         let status = backend.get_queue_status(&r).await?;
         let mut removed = 0;
         for e in &status.entries {
-            if backend.cancel_queue_entry(&e.entry.entry_id).await.is_ok() {
+            if backend
+                .cancel_queue_entry(&e.entry.entry_id, None)
+                .await
+                .is_ok()
+            {
                 removed += 1;
             }
         }
         if status.lock.is_some() {
-            match backend.force_unlock(&r).await {
+            match backend.force_unlock(&r, None).await {
                 Ok(_) | Err(UnlockError::NotFound) => removed += 1,
                 Err(e) => return Err(e.into()),
             }

@@ -45,7 +45,7 @@ pub async fn queue_events_follow_an_entry<H: Harness + ?Sized>(harness: &H) {
         Some(placement.entry_id.as_str())
     );
     fx.backend
-        .cancel_queue_entry(&placement.entry_id)
+        .cancel_queue_entry(&placement.entry_id, None)
         .await
         .expect("cancel");
     let left = next_event(&mut events, EventKind::QueueLeft, &r).await;

@@ -329,7 +329,10 @@ pub async fn fencing_tokens_strictly_increase<H: Harness + ?Sized>(harness: &H) 
     check("expiry, restart and re-grant", g.fencing_token);
 
     fx.reopen().await;
-    fx.backend.force_unlock(&r).await.expect("force_unlock");
+    fx.backend
+        .force_unlock(&r, None)
+        .await
+        .expect("force_unlock");
     let h = fx.lock(request(&r, "h")).await;
     check("restart, force unlock and re-grant", h.fencing_token);
 }

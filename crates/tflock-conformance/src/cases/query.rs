@@ -309,7 +309,7 @@ pub async fn cancel_removes_a_reservation<H: Harness + ?Sized>(harness: &H) {
     fx.reserve(request(&r, "b")).await;
     let cancelled = fx
         .backend
-        .cancel_queue_entry(&placement.entry_id)
+        .cancel_queue_entry(&placement.entry_id, None)
         .await
         .expect("cancel");
     assert_eq!(cancelled.entry.entry_id, placement.entry_id);
@@ -322,7 +322,7 @@ pub async fn cancel_removes_a_reservation<H: Harness + ?Sized>(harness: &H) {
 
     let err = fx
         .backend
-        .cancel_queue_entry(&placement.entry_id)
+        .cancel_queue_entry(&placement.entry_id, None)
         .await
         .expect_err("cancelling twice");
     assert!(matches!(err, CancelError::NotFound), "{err:?}");
@@ -343,7 +343,7 @@ pub async fn cancelled_waiter_returns_cancelled<H: Harness + ?Sized>(harness: &H
         .spawn_waiter(request(&r, "a").with_wait(Duration::from_secs(300)))
         .await;
     fx.backend
-        .cancel_queue_entry(&entry.entry.entry_id)
+        .cancel_queue_entry(&entry.entry.entry_id, None)
         .await
         .expect("cancel");
     let answer = expect_not_acquired("the cancelled waiter", join("waiter", waiter).await);
@@ -357,7 +357,7 @@ pub async fn cancel_of_an_unknown_entry_is_not_found<H: Harness + ?Sized>(harnes
     let fx = Fixture::default(harness).await;
     let err = fx
         .backend
-        .cancel_queue_entry("0123456789abcdef0123456789abcdef")
+        .cancel_queue_entry("0123456789abcdef0123456789abcdef", None)
         .await
         .expect_err("cancel of an unknown entry");
     assert!(matches!(err, CancelError::NotFound), "{err:?}");

@@ -135,7 +135,7 @@ pub async fn import_never_lowers_a_token<H: Harness + ?Sized>(harness: &H) {
         got.fencing_token,
         last
     );
-    dst.backend.force_unlock(&r).await.unwrap();
+    dst.backend.force_unlock(&r, None).await.unwrap();
     let next = dst.lock(request(&r, "later")).await;
     assert!(next.fencing_token > got.fencing_token);
 }

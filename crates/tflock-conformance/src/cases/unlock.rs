@@ -68,7 +68,11 @@ pub async fn force_unlock_releases_any_holder<H: Harness + ?Sized>(harness: &H) 
     let fx = Fixture::default(harness).await;
     let r = resource("o/r");
     let lock = fx.lock(request(&r, "o/r#1")).await;
-    let unlocked = fx.backend.force_unlock(&r).await.expect("force_unlock");
+    let unlocked = fx
+        .backend
+        .force_unlock(&r, None)
+        .await
+        .expect("force_unlock");
     assert_eq!(unlocked.released, lock.public());
     assert_eq!(unlocked.granted_to, None);
     assert_eq!(fx.holder(&r).await, None);
@@ -85,7 +89,11 @@ pub async fn force_unlock_releases_any_holder<H: Harness + ?Sized>(harness: &H) 
     // With a queue, the forced release hands on.
     let lock = fx.lock(request(&r, "o/r#2")).await;
     let placement = fx.reserve(request(&r, "o/r#3")).await;
-    let unlocked = fx.backend.force_unlock(&r).await.expect("force_unlock");
+    let unlocked = fx
+        .backend
+        .force_unlock(&r, None)
+        .await
+        .expect("force_unlock");
     assert_eq!(unlocked.released, lock.public());
     assert_eq!(
         unlocked.granted_to.map(|e| e.entry.entry_id),
@@ -99,7 +107,7 @@ pub async fn force_unlock_of_a_free_resource_is_not_found<H: Harness + ?Sized>(h
     let fx = Fixture::default(harness).await;
     let err = fx
         .backend
-        .force_unlock(&resource("o/r"))
+        .force_unlock(&resource("o/r"), None)
         .await
         .expect_err("force_unlock of a free resource");
     assert!(

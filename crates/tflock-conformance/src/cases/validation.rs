@@ -183,7 +183,7 @@ pub async fn other_operations_reject_invalid_input<H: Harness + ?Sized>(harness:
     );
     assert_invalid(
         "force_unlock",
-        fx.backend.force_unlock(&bad).await,
+        fx.backend.force_unlock(&bad, None).await,
         unlock_err,
         field,
     );
