@@ -4,7 +4,7 @@ JSON object with the raw results (tflock-bench computes every statistic itself, 
 peers and tflock go through the same arithmetic).
 
 Libraries (each with its own blocking acquire and a 30 s lock TTL, as
-shared/design/performance-targets.md describes):
+docs/benchmarks.md describes):
   redis-py           redis.Redis.lock(name, timeout=30).acquire(blocking=True)
                      (polls every 0.1 s, its default `sleep`)
   python-redis-lock  redis_lock.Lock(client, name, expire=30).acquire(blocking=True)

@@ -1,5 +1,5 @@
 //! The contract cases. Each `pub async fn` takes a [`crate::Harness`] and asserts one
-//! rule of the contract (`shared/design/locking-contract.md`). They are grouped by
+//! rule of the contract (`docs/contract.md`). They are grouped by
 //! topic in the modules below and re-exported here, so a case is always
 //! `tflock_conformance::cases::<name>`.
 

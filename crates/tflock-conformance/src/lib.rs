@@ -1,4 +1,4 @@
-//! The locking contract (`shared/design/locking-contract.md`) as named tests, generic
+//! The locking contract (`docs/contract.md`) as named tests, generic
 //! over the backend.
 //!
 //! A backend crate implements [`Harness`] in its own `tests/` and calls
