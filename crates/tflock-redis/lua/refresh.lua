@@ -10,7 +10,7 @@
 
 local sk, lease, ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local l = settle(sk)
-if not l or l.lease ~= lease then return reply({ r = 'lost' }) end
+if not l or lease == '' or l.lease ~= lease then return reply({ r = 'lost' }) end
 if l.entry ~= '' then redis.call('DEL', k_wake(l.entry)) end
 l.expires = fmt(NOW + ttl)
 l.ttl = fmt(ttl)

@@ -10,6 +10,6 @@
 
 local sk, lease = ARGV[7], ARGV[8]
 local l = read_lock(sk)
-if not l or l.lease ~= lease then return reply({ r = 'none' }) end
+if not l or lease == '' or l.lease ~= lease then return reply({ r = 'none' }) end
 release(sk, l, 'lock.released')
 return reply({ r = 'ok' })

@@ -24,10 +24,12 @@
 -- ARGV[24]  id of the node (server) serving a waiter, or '' without a cluster
 --           manager: a waiter's entry is recorded under it in `enode`, so the
 --           cluster's leader can remove the entries of a server that died
+-- ARGV[25]  the caller's lease id (re-lock proof, contract rule 2) or ''
 --
--- Reply (JSON): r = 'ans' (a = the answer, fresh = true for a new grant), 'replay'
--- (a = the stored answer, cur = the current lock with lease), 'wait' (id, dl),
--- 'full', 'retry' or 'refused'; plus ev/ho/now (see prelude's reply()).
+-- Reply (JSON): r = 'ans' (a = the answer; fresh = true for a grant to this call,
+-- which min_replicas_ack rolls back when unconfirmed; chg = true for a re-lock,
+-- which changed the live lease), 'wait' (id, dl), 'full', 'retry' or 'refused';
+-- plus ev/ho/now (see prelude's reply()).
 
 local sk = ARGV[7]
 local who = { owner = ARGV[8], user = ARGV[9], pull = ARGV[10], meta = ARGV[11], prio = ARGV[12] }
@@ -41,21 +43,49 @@ local queue_enabled = ARGV[19] == '1'
 local retries_enabled = ARGV[20] == '1'
 local grace = tonumber(ARGV[21])
 local remember_all = ARGV[22] == 'a'
+local proof = ARGV[25] or ''
 
-local function answer(a, fresh)
+local function answer(a, fresh, chg)
   if remember_all or a.acq then remember(who.owner, rid, retention, a) end
-  return reply({ r = 'ans', a = a, fresh = fresh })
+  return reply({ r = 'ans', a = a, fresh = fresh, chg = chg })
 end
 
 local cur = settle(sk)
 
--- A retry of an answered request gets the same answer; one whose grant is still in
--- its claim window takes the grant over.
+-- An answer from the present, not stored: a replay never changes anything.
+local function now_answer(a) return reply({ r = 'ans', a = a, fresh = false }) end
+local function public_now() return cur and lock_view(sk, cur, false) or nil end
+local function lost() return now_answer({ acq = false, lock = public_now(), reason = 'lease_lost' }) end
+-- Whether the live lease is the one granted to this request id.
+local function live_grant() return cur and cur.rid == rid and cur.owner == who.owner and cur.entry == '' end
+
+-- A retry of an answered request is answered from the present (contract rule 8):
+-- its grant if that lease is still the live one, its entry if that still waits, else
+-- lease_lost (or the outcome it had: a timeout). A call answered 'held' without a
+-- queue entry is simply evaluated again. A retry whose grant is still in its claim
+-- window takes the grant over.
 if rid ~= '' then
   local stored = redis.call('HGET', K_ANS, who.owner .. SEP .. rid)
   if stored then
-    local c = cur and lock_view(sk, cur, true) or nil
-    return reply({ r = 'replay', a = cjson.decode(stored), cur = c })
+    local a = cjson.decode(stored)
+    if a.acq then
+      local lease = a.lock and a.lock.lease or ''
+      if cur and lease ~= '' and cur.lease == lease then
+        return now_answer({ acq = true, lock = lock_view(sk, cur, true) })
+      end
+      return lost()
+    elseif a.q then
+      if redis.call('HEXISTS', k_entries(sk), a.q.id) == 1 then
+        return now_answer({
+          acq = false, lock = public_now(), reason = 'held',
+          q = { id = a.q.id, pos = position(sk, a.q.id) },
+        })
+      end
+      if live_grant() then return now_answer({ acq = true, lock = lock_view(sk, cur, true) }) end
+      return lost()
+    elseif a.reason == 'timeout' then
+      return now_answer({ acq = false, lock = public_now(), reason = 'timeout' })
+    end
   end
   if cur and cur.rid == rid and cur.owner == who.owner and cur.entry ~= '' then
     if cur.claim == '1' then
@@ -66,7 +96,7 @@ if rid ~= '' then
     redis.call('ZADD', K_DUE, cur.expires, sk)
     redis.call('DEL', k_wake(cur.entry))
     cur.entry = ''
-    return answer({ acq = true, lock = lock_view(sk, cur, true) }, false)
+    return answer({ acq = true, lock = lock_view(sk, cur, true) }, true)
   end
 end
 
@@ -76,6 +106,13 @@ if not cur then
 end
 
 if cur.owner == who.owner then
+  -- The owner string is public: a re-lock needs the live lease id or the request id
+  -- the grant was made with (contract rule 2). Without, the public view only, and no
+  -- queue entry behind itself.
+  local proved = (proof ~= '' and cur.lease == proof) or (rid ~= '' and cur.rid == rid)
+  if not proved then
+    return answer({ acq = false, lock = lock_view(sk, cur, false), reason = 'held_by_owner' }, false)
+  end
   -- Re-lock by the holder (Atlantis re-plans): same lease and token, expiry pushed
   -- out to max(current, now + ttl), an unconfirmed claim confirmed.
   local expires = math.max(tonumber(cur.expires), NOW + ttl)
@@ -89,7 +126,7 @@ if cur.owner == who.owner then
   cur.entry = ''
   redis.call('HSET', k_lock(sk), 'expires', cur.expires, 'claim', '0', 'ttl', cur.ttl, 'entry', '')
   redis.call('ZADD', K_DUE, cur.expires, sk)
-  return answer({ acq = true, lock = lock_view(sk, cur, true) }, false)
+  return answer({ acq = true, lock = lock_view(sk, cur, true) }, false, true)
 end
 
 local public = lock_view(sk, cur, false)

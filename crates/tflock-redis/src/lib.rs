@@ -658,18 +658,12 @@ impl Inner {
         }
     }
 
-    /// With `min_replicas_ack`, a grant counts only once `WAIT` confirms it; an
-    /// unconfirmed one is rolled back (handed on) and reported as unavailable.
-    async fn ensure_replicated(
-        &self,
-        bucket: usize,
-        generation: u64,
-        lock: &Option<RawLock>,
-    ) -> Result<(), BackendError> {
+    /// `WAIT` for `min_replicas_ack` replicas on the connection (generation) a change
+    /// was written on: `Ok` when confirmed (or not required), else what went wrong.
+    async fn wait_acked(&self, bucket: usize, generation: u64) -> Result<(), String> {
         if self.min_replicas_ack == 0 {
             return Ok(());
         }
-        let Some(lock) = lock else { return Ok(()) };
         let acked = self
             .conn
             .wait_replicas(
@@ -679,26 +673,128 @@ impl Inner {
                 self.wait_timeout,
             )
             .await;
-        let problem = match acked {
-            Ok(n) if n >= u64::from(self.min_replicas_ack) => return Ok(()),
-            Ok(n) => format!(
-                "only {n} of the {} replicas required by redis.min_replicas_ack confirmed the grant",
+        match acked {
+            Ok(n) if n >= u64::from(self.min_replicas_ack) => Ok(()),
+            Ok(n) => Err(format!(
+                "only {n} of the {} replicas required by redis.min_replicas_ack confirmed it",
                 self.min_replicas_ack
-            ),
-            Err(e) => e.to_string(),
-        };
-        let lease = lock.lease.clone().unwrap_or_default();
-        if let Err(e) = self
-            .run::<StatusReply>(&self.scripts.rollback, bucket, &[&lock.sk, &lease], true)
-            .await
-        {
-            tracing::warn!("rolling back an unconfirmed grant failed: {e}");
+            )),
+            Err(e) => Err(e.to_string()),
         }
-        Err(BackendError::Unavailable(format!(
-            "the grant was rolled back: {problem}"
-        )))
     }
 
+    /// With `min_replicas_ack`, a change that cannot be undone (refresh, re-lock,
+    /// transfer, unlock) is acknowledged only once `WAIT` confirms it; unconfirmed, it
+    /// is reported as unavailable. It stays made on the primary (see
+    /// docs/redis-design.md, "Replication"): the caller must not count on it.
+    async fn ensure_change_replicated(
+        &self,
+        bucket: usize,
+        generation: u64,
+        what: &str,
+    ) -> Result<(), BackendError> {
+        self.wait_acked(bucket, generation)
+            .await
+            .map_err(|problem| {
+                BackendError::Unavailable(format!(
+                    "the {what} is not confirmed by the replicas and may be lost in a failover: \
+                 {problem}"
+                ))
+            })
+    }
+
+    fn spawn_rollback(self: Arc<Self>, bucket: usize, sk: String, lease: String) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move { self.rollback_retrying(bucket, &sk, &lease).await });
+    }
+
+    /// `rollback.lua` for an unconfirmed grant, retried while Redis cannot be reached
+    /// (bounded by `claim_timeout` plus a minute, like a waiter's abandon).
+    async fn rollback_retrying(&self, bucket: usize, sk: &str, lease: &str) {
+        let give_up = Instant::now() + self.settings.claim_timeout + Duration::from_secs(60);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self
+                .run::<StatusReply>(&self.scripts.rollback, bucket, &[sk, lease], true)
+                .await
+            {
+                Ok(_) => return,
+                Err(BackendError::Unavailable(e))
+                    if !self.is_closed() && Instant::now() + backoff < give_up =>
+                {
+                    tracing::debug!("rolling back an unconfirmed grant failed, retrying: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::warn!("rolling back an unconfirmed grant failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Rolls a grant back when the call that waits for its replication goes away (its
+/// future dropped during `WAIT`): nobody would know the lease, so it must not live on
+/// for its whole TTL.
+struct RollbackGuard {
+    inner: Arc<Inner>,
+    bucket: usize,
+    sk: String,
+    lease: String,
+    armed: bool,
+}
+
+impl Drop for RollbackGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let sk = std::mem::take(&mut self.sk);
+            let lease = std::mem::take(&mut self.lease);
+            self.inner.clone().spawn_rollback(self.bucket, sk, lease);
+        }
+    }
+}
+
+/// With `min_replicas_ack`, a grant counts only once `WAIT` confirms it; an
+/// unconfirmed one is rolled back (handed on) and reported as unavailable, also when
+/// the caller goes away during the `WAIT`.
+async fn ensure_replicated(
+    inner: &Arc<Inner>,
+    bucket: usize,
+    generation: u64,
+    lock: &Option<RawLock>,
+) -> Result<(), BackendError> {
+    if inner.min_replicas_ack == 0 {
+        return Ok(());
+    }
+    let Some(lock) = lock else { return Ok(()) };
+    let mut guard = RollbackGuard {
+        inner: inner.clone(),
+        bucket,
+        sk: lock.sk.clone(),
+        lease: lock.lease.clone().unwrap_or_default(),
+        armed: true,
+    };
+    let problem = match inner.wait_acked(bucket, generation).await {
+        Ok(()) => {
+            guard.armed = false;
+            return Ok(());
+        }
+        Err(p) => p,
+    };
+    guard.armed = false;
+    inner
+        .rollback_retrying(bucket, &guard.sk, &guard.lease)
+        .await;
+    Err(BackendError::Unavailable(format!(
+        "the grant was rolled back: {problem}"
+    )))
+}
+
+impl Inner {
     /// One TryLock script call.
     async fn try_lock_once(
         &self,
@@ -754,6 +850,7 @@ impl Inner {
             if remember_all { "a" } else { "g" },
             entry_id,
             &node,
+            req.lease_id.as_ref().map(|l| l.as_str()).unwrap_or(""),
         ];
         self.run_gen(&self.scripts.try_lock, bucket, &args, true)
             .await
@@ -903,9 +1000,7 @@ impl RedisBackend {
                 BackendError::Internal("wait_end: an answer without its body".into())
             })?;
             if body.fresh && answer.acq {
-                inner
-                    .ensure_replicated(bucket, generation, &answer.lock)
-                    .await?;
+                ensure_replicated(inner, bucket, generation, &answer.lock).await?;
             }
             return Ok(answer.into_response()?);
         }
@@ -951,7 +1046,9 @@ impl RedisBackend {
         }
     }
 
-    /// Turns a try_lock.lua answer (`ans` or `replay`) into the response.
+    /// Turns a try_lock.lua answer into the response. The script answers replays
+    /// from the present (a lease that ended is `lease_lost`), so nothing is patched
+    /// here; with `min_replicas_ack` a grant or re-lock waits for `WAIT`.
     async fn answer(
         &self,
         body: TryLockReply,
@@ -961,22 +1058,11 @@ impl RedisBackend {
         let answer = body
             .a
             .ok_or_else(|| BackendError::Internal("try_lock: an answer without its body".into()))?;
-        if body.r == "replay" {
-            // Show the lease as it is now, if it is still this caller's.
-            let same = answer.acq
-                && body.cur.as_ref().is_some_and(|c| {
-                    c.lease.is_some()
-                        && c.lease == answer.lock.as_ref().and_then(|l| l.lease.clone())
-                });
-            let mut r = answer.into_response()?;
-            if same {
-                r.lock = body.cur.map(RawLock::into_lock).transpose()?;
-            }
-            return Ok(r);
-        }
         if body.fresh && answer.acq {
+            ensure_replicated(&self.inner, bucket, generation, &answer.lock).await?;
+        } else if body.chg && answer.acq {
             self.inner
-                .ensure_replicated(bucket, generation, &answer.lock)
+                .ensure_change_replicated(bucket, generation, "re-lock")
                 .await?;
         }
         Ok(answer.into_response()?)
@@ -1053,7 +1139,7 @@ impl Backend for RedisBackend {
             guard.armed = false;
         }
         match body.r.as_str() {
-            "ans" | "replay" => self.answer(body, bucket, generation).await,
+            "ans" => self.answer(body, bucket, generation).await,
             "wait" => {
                 let deadline = Timestamp(body.dl.unwrap_or_default().0);
                 self.wait_for_grant(&req, guard, deadline).await
@@ -1078,17 +1164,23 @@ impl Backend for RedisBackend {
     ) -> Result<UnlockResponse, UnlockError> {
         self.inner.check_open()?;
         let resource = resource.clone().validate("resource")?;
-        unlock_script(&self.inner, &resource, lease_id.as_str()).await
+        // An empty or malformed lease id is refused before anything is sent: it never
+        // means force.
+        lease_id.check("lease_id")?;
+        unlock_script(&self.inner, &resource, Unlock::Lease(lease_id)).await
     }
 
     async fn force_unlock(
         &self,
         resource: &Resource,
-        _expected_token: Option<FencingToken>,
+        expected_token: Option<FencingToken>,
     ) -> Result<UnlockResponse, UnlockError> {
         self.inner.check_open()?;
         let resource = resource.clone().validate("resource")?;
-        unlock_script(&self.inner, &resource, "").await
+        if let Some(t) = expected_token {
+            exact(t.0, || "expected_token".to_string())?;
+        }
+        unlock_script(&self.inner, &resource, Unlock::Force(expected_token)).await
     }
 
     async fn unlock_by_pull(
@@ -1117,7 +1209,7 @@ impl Backend for RedisBackend {
             released: into_locks(released)?,
             cancelled: cancelled
                 .into_iter()
-                .map(|c| c.e.into_entry(&c.sk))
+                .map(|c| c.e.into_entry(&c.sk).map(QueueEntry::public))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -1131,19 +1223,26 @@ impl Backend for RedisBackend {
         let inner = &self.inner;
         inner.check_open()?;
         let resource = resource.clone().validate("resource")?;
+        lease_id.check("lease_id")?;
         let ttl = inner.settings.resolve_ttl(Some(ttl))?;
         let sk = resource.storage_key();
+        let bucket = bucket_of(&sk);
         let ttl_us = us(ttl);
-        let r = inner
-            .run::<LockReply>(
+        let (r, generation) = inner
+            .run_gen::<LockReply>(
                 &inner.scripts.refresh,
-                bucket_of(&sk),
+                bucket,
                 &[&sk, lease_id.as_str(), &ttl_us],
                 true,
             )
             .await?;
         match (r.body.r.as_str(), r.body.lock) {
-            ("ok", Some(l)) => Ok(l.into_lock()?),
+            ("ok", Some(l)) => {
+                inner
+                    .ensure_change_replicated(bucket, generation, "refresh")
+                    .await?;
+                Ok(l.into_lock()?)
+            }
             _ => Err(RefreshError::LeaseLost),
         }
     }
@@ -1160,16 +1259,22 @@ impl Backend for RedisBackend {
         let to = to.validate("to")?;
         let sk = resource.storage_key();
         let (meta, pull) = owner_args(&to)?;
-        let lease = match &auth {
-            TransferAuth::Lease(l) => l.as_str(),
-            TransferAuth::Admin => "",
+        // The mode is explicit: an empty lease id never means admin.
+        let (mode, lease) = match &auth {
+            TransferAuth::Lease(l) => {
+                l.check("lease_id")?;
+                ("lease", l.as_str())
+            }
+            TransferAuth::Admin => ("admin", ""),
         };
-        let r = inner
-            .run::<LockReply>(
+        let bucket = bucket_of(&sk);
+        let (r, generation) = inner
+            .run_gen::<LockReply>(
                 &inner.scripts.transfer,
-                bucket_of(&sk),
+                bucket,
                 &[
                     &sk,
+                    mode,
                     lease,
                     &to.owner,
                     to.username().unwrap_or(""),
@@ -1180,7 +1285,12 @@ impl Backend for RedisBackend {
             )
             .await?;
         match (r.body.r.as_str(), r.body.lock) {
-            ("ok", Some(l)) => Ok(l.into_lock()?),
+            ("ok", Some(l)) => {
+                inner
+                    .ensure_change_replicated(bucket, generation, "transfer")
+                    .await?;
+                Ok(l.into_lock()?)
+            }
             ("nf", _) => Err(TransferError::NotFound),
             _ => Err(TransferError::LeaseLost),
         }
@@ -1352,16 +1462,25 @@ impl Backend for RedisBackend {
     async fn cancel_queue_entry(
         &self,
         entry_id: &str,
-        _expected_resource: Option<&Resource>,
+        expected_resource: Option<&Resource>,
     ) -> Result<QueueEntryView, CancelError> {
         let inner = &self.inner;
         inner.check_open()?;
         if entry_id.is_empty() {
             return Err(CancelError::NotFound);
         }
+        if let Some(r) = expected_resource {
+            // The entry can only wait in that resource's bucket; the script checks
+            // it still waits there in the same step as the removal.
+            let sk = r.clone().validate("resource")?.storage_key();
+            return match inner.cancel_in(bucket_of(&sk), entry_id, &sk).await? {
+                Some(view) => Ok(view),
+                None => Err(CancelError::NotFound),
+            };
+        }
         let own = bucket_of_entry(entry_id);
         if let Some(bucket) = own
-            && let Some(view) = inner.cancel_in(bucket, entry_id).await?
+            && let Some(view) = inner.cancel_in(bucket, entry_id, "").await?
         {
             return Ok(view);
         }
@@ -1370,7 +1489,7 @@ impl Backend for RedisBackend {
         let others = join_all(
             (0..BUCKETS)
                 .filter(|b| Some(*b) != own)
-                .map(|b| inner.cancel_in(b, entry_id)),
+                .map(|b| inner.cancel_in(b, entry_id, "")),
         )
         .await;
         let mut failed = None;
@@ -1534,14 +1653,16 @@ impl Backend for RedisBackend {
 }
 
 impl Inner {
-    /// Cancels entry `entry_id` if bucket `bucket` holds it.
+    /// Cancels entry `entry_id` if bucket `bucket` holds it (in the queue of storage
+    /// key `expected`, unless that is empty).
     async fn cancel_in(
         &self,
         bucket: usize,
         entry_id: &str,
+        expected: &str,
     ) -> Result<Option<QueueEntryView>, BackendError> {
         let r = self
-            .run::<CancelReply>(&self.scripts.cancel, bucket, &[entry_id], true)
+            .run::<CancelReply>(&self.scripts.cancel, bucket, &[entry_id, expected], true)
             .await?;
         match (r.body.r.as_str(), r.body.entry) {
             ("ok", Some(e)) => Ok(Some(e.into_view()?)),
@@ -1846,26 +1967,52 @@ fn text_of(v: &redis::Value) -> String {
     }
 }
 
+/// Who unlocks: the holder by its lease, or an admin (optionally only the lease with
+/// the token it saw).
+enum Unlock<'a> {
+    Lease(&'a LeaseId),
+    Force(Option<FencingToken>),
+}
+
 async fn unlock_script(
     inner: &Inner,
     resource: &Resource,
-    lease: &str,
+    how: Unlock<'_>,
 ) -> Result<UnlockResponse, UnlockError> {
     let sk = resource.storage_key();
-    let r = inner
-        .run::<UnlockReply>(&inner.scripts.unlock, bucket_of(&sk), &[&sk, lease], true)
+    let bucket = bucket_of(&sk);
+    let (mode, lease, expected) = match how {
+        Unlock::Lease(l) => ("lease", l.as_str(), String::new()),
+        Unlock::Force(t) => ("force", "", t.map(|t| t.0.to_string()).unwrap_or_default()),
+    };
+    let (r, generation) = inner
+        .run_gen::<UnlockReply>(
+            &inner.scripts.unlock,
+            bucket,
+            &[&sk, mode, lease, &expected],
+            true,
+        )
         .await?;
     match r.body.r.as_str() {
         "nf" => Err(UnlockError::NotFound),
         "no" => Err(UnlockError::NotOwner),
-        "ok" => Ok(UnlockResponse {
-            released: r
-                .body
-                .released
-                .ok_or_else(|| BackendError::Internal("unlock: no released lock".into()))?
-                .into_lock()?,
-            granted_to: r.body.to.map(|v| v.into_view()).transpose()?,
+        "changed" => Err(UnlockError::Changed {
+            expected: FencingToken(expected.parse().unwrap_or_default()),
+            current: FencingToken(r.body.cur.unwrap_or_default().0),
         }),
+        "ok" => {
+            inner
+                .ensure_change_replicated(bucket, generation, "unlock")
+                .await?;
+            Ok(UnlockResponse {
+                released: r
+                    .body
+                    .released
+                    .ok_or_else(|| BackendError::Internal("unlock: no released lock".into()))?
+                    .into_lock()?,
+                granted_to: r.body.to.map(|v| v.into_view()).transpose()?,
+            })
+        }
         other => Err(BackendError::Internal(format!("unlock: unknown reply {other}")).into()),
     }
 }

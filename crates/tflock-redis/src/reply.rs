@@ -217,9 +217,10 @@ pub struct RawEntryView {
 }
 
 impl RawEntryView {
+    /// The view shown to callers: without the entry's `request_id` (a secret).
     pub fn into_view(self) -> Result<QueueEntryView, BackendError> {
         Ok(QueueEntryView {
-            entry: self.e.into_entry(&self.sk)?,
+            entry: self.e.into_entry(&self.sk)?.public(),
             effective_priority: Priority::from_rank(self.eff),
             position: self.pos,
             waited: Duration::from_micros(self.waited.0),
@@ -258,6 +259,8 @@ impl RawAnswer {
         let reason = match self.reason.as_deref() {
             None => None,
             Some("held") => Some(NotAcquiredReason::Held),
+            Some("held_by_owner") => Some(NotAcquiredReason::HeldByOwner),
+            Some("lease_lost") => Some(NotAcquiredReason::LeaseLost),
             Some("timeout") => Some(NotAcquiredReason::Timeout),
             Some("cancelled") => Some(NotAcquiredReason::Cancelled),
             Some(other) => {
@@ -282,10 +285,14 @@ pub struct TryLockReply {
     pub r: String,
     #[serde(default)]
     pub a: Option<RawAnswer>,
+    /// A new grant to this caller: with `min_replicas_ack` it is rolled back when
+    /// `WAIT` does not confirm it.
     #[serde(default)]
     pub fresh: bool,
+    /// The call changed the live lease (a re-lock): with `min_replicas_ack` it is
+    /// reported only once `WAIT` confirms it (it cannot be rolled back).
     #[serde(default)]
-    pub cur: Option<RawLock>,
+    pub chg: bool,
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
@@ -300,6 +307,9 @@ pub struct UnlockReply {
     pub released: Option<RawLock>,
     #[serde(default)]
     pub to: Option<RawEntryView>,
+    /// `changed`: the fencing token the lock is held with.
+    #[serde(default)]
+    pub cur: Option<Num>,
 }
 
 /// Replies with `r` and an optional lock (refresh, transfer).
