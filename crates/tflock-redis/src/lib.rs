@@ -1194,12 +1194,24 @@ impl Backend for RedisBackend {
             .map_err(|e| InvalidRequest::new("repo", e.message))?;
         let num = pull.to_string();
         let name = format!("{repo}#{pull}");
-        let replies = inner
-            .run_all::<PullReply>(&inner.scripts.unlock_pull, &[repo, &num, &name], true)
-            .await?;
+        let args = [repo, num.as_str(), name.as_str()];
+        let replies = join_all((0..BUCKETS).map(|b| async move {
+            let (r, generation) = inner
+                .run_gen::<PullReply>(&inner.scripts.unlock_pull, b, &args, true)
+                .await?;
+            // With min_replicas_ack, a bucket it changed is confirmed like an unlock.
+            if !r.body.released.is_empty() || !r.body.cancelled.is_empty() {
+                inner
+                    .ensure_change_replicated(b, generation, "unlock by pull")
+                    .await?;
+            }
+            Ok::<_, BackendError>(r)
+        }))
+        .await;
         let mut released = Vec::new();
         let mut cancelled = Vec::new();
         for r in replies {
+            let r = r?;
             released.extend(r.body.released);
             cancelled.extend(r.body.cancelled);
         }

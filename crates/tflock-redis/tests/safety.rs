@@ -375,6 +375,11 @@ async fn every_acknowledged_change_waits_for_the_replica() {
     for r in &rs {
         locks.push(grant(&b, LockRequest::new(r.clone(), "o/acked#1")).await);
     }
+    grant(
+        &b,
+        LockRequest::new(resource("o/acked-pull"), "o/acked-pull#3"),
+    )
+    .await;
     pause(&replica).await;
     let lease = |i: usize| locks[i].lease_id.clone().unwrap();
 
@@ -409,6 +414,11 @@ async fn every_acknowledged_change_waits_for_the_replica() {
     assert!(
         unavailable(&forced),
         "force unlock not replicated: {forced:?}"
+    );
+    let pulled = b.unlock_by_pull("o/acked-pull", 3).await;
+    assert!(
+        unavailable(&pulled),
+        "unlock by pull not replicated: {pulled:?}"
     );
     resume(&replica).await;
 }
