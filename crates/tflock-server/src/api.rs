@@ -19,8 +19,8 @@ use crate::extract::{ApiJson, ApiQuery, parse_number};
 use crate::limits::timed_out;
 use crate::state::AppState;
 use crate::wire::{
-    AcquireBody, CancelledBody, EntriesBody, ErrorBody, ListQuery, LockBody, RefreshBody,
-    ReleaseBody, ReleasePullBody, ResourceQuery, TransferBody, lease_id,
+    AcquireBody, CancelQuery, CancelledBody, EntriesBody, ErrorBody, ListQuery, LockBody,
+    RefreshBody, ReleaseBody, ReleasePullBody, ResourceQuery, TransferBody, lease_id,
 };
 
 /// A backend call being timed; records `abandoned` if dropped unfinished.
@@ -152,14 +152,17 @@ pub(crate) async fn acquire(
 #[utoipa::path(post, path = "/api/v1/locks/release", tag = "locks",
     summary = "Unlock by lease, or (admin) force-unlock",
     description = "Ends the lease; the same atomic step hands the lock to the best queue \
-        entry, if any (`granted_to`).",
+        entry, if any (`granted_to`). With `force: true` and `expected_token`, only if \
+        the live lease still has that fencing token (else 409 `not_owner`, nothing \
+        changes).",
     request_body = ReleaseBody,
     security(("api_token" = []), ("admin_token" = [])),
     responses(
         (status = 200, description = "Released", body = UnlockResponse),
         (status = 403, description = "`forbidden`: `force` needs the admin token", body = ErrorBody),
         (status = 404, description = "`not_found`: the resource is not locked", body = ErrorBody),
-        (status = 409, description = "`not_owner`: held under another lease", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: a malformed body, lease id or field combination", body = ErrorBody),
+        (status = 409, description = "`not_owner`: held under another lease, or (force with `expected_token`) under another fencing token", body = ErrorBody),
     ))]
 pub(crate) async fn release(
     State(state): State<AppState>,
@@ -167,6 +170,12 @@ pub(crate) async fn release(
     ApiJson(body): ApiJson<ReleaseBody>,
 ) -> Result<Json<UnlockResponse>, ApiError> {
     let resource = body.resource.validate("resource")?;
+    if body.expected_token.is_some() && !body.force {
+        return Err(ApiError::invalid(
+            "expected_token",
+            "only goes with force: true (a lease id already names the one lease it releases)",
+        ));
+    }
     let mut response = match (body.force, body.lease_id) {
         (true, Some(_)) => {
             return Err(ApiError::invalid(
@@ -176,8 +185,9 @@ pub(crate) async fn release(
         }
         (true, None) => {
             caller.require_admin()?;
+            let expected = body.expected_token.map(tflock_core::FencingToken);
             let op = Op::start(&state, "force_release");
-            op.finish(state.backend().force_unlock(&resource, None).await, ok)?
+            op.finish(state.backend().force_unlock(&resource, expected).await, ok)?
         }
         (false, Some(id)) => {
             let id = lease_id("lease_id", id)?;
@@ -379,21 +389,30 @@ pub(crate) async fn user_queue(
 /// `acquired: false, reason: "cancelled"`.
 #[utoipa::path(delete, path = "/api/v1/queue/{entry_id}", tag = "queue",
     summary = "Cancel a queue entry (a waiter then answers acquired: false, reason: cancelled)",
-    params(("entry_id" = String, Path, description = "The entry's id")),
+    description = "With the expected resource in the query (all four parts, or none), \
+        the entry is cancelled only if it still waits in that resource's queue, checked \
+        in the same atomic step (else 404 `not_found`, nothing changes).",
+    params(("entry_id" = String, Path, description = "The entry's id"), CancelQuery),
     security(("api_token" = []), ("admin_token" = [])),
     responses(
         (status = 200, description = "The cancelled entry", body = CancelledBody),
-        (status = 404, description = "`not_found`: no entry with that id", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: a bad or partial expected resource", body = ErrorBody),
+        (status = 404, description = "`not_found`: no entry with that id (in the expected resource's queue)", body = ErrorBody),
     ))]
 pub(crate) async fn cancel_entry(
     State(state): State<AppState>,
     _caller: Mutator,
     entry_id: Result<Path<String>, PathRejection>,
+    ApiQuery(q): ApiQuery<CancelQuery>,
 ) -> Result<Json<CancelledBody>, ApiError> {
     let Path(entry_id) = entry_id.map_err(|e| ApiError::invalid("entry_id", e.body_text()))?;
+    let expected = q.into_expected()?;
     let op = Op::start(&state, "cancel_entry");
     let cancelled = op.finish(
-        state.backend().cancel_queue_entry(&entry_id, None).await,
+        state
+            .backend()
+            .cancel_queue_entry(&entry_id, expected.as_ref())
+            .await,
         ok,
     )?;
     Ok(Json(CancelledBody { cancelled }))

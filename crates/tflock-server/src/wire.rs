@@ -1,4 +1,4 @@
-//! Request and answer bodies of the v1 API (`shared/design/http-api.md`).
+//! Request and answer bodies of the v1 API (`docs/api.md`).
 //!
 //! Requests are the server's own types rather than the core's, so they can refuse
 //! unknown fields (a misspelt `"wiat"` must not silently become a non-waiting call)
@@ -58,7 +58,7 @@ pub struct AcquireBody {
     /// owner extends the lease only with this (or the grant's `request_id`) as proof;
     /// without it the answer is `acquired: false`, reason `held_by_owner`.
     #[serde(default)]
-    #[schema(value_type = Option<String>, min_length = 16, max_length = 128)]
+    #[schema(value_type = Option<String>, min_length = 16, max_length = 128, pattern = r"^[A-Za-z0-9_-]{16,128}$")]
     pub lease_id: Option<String>,
 }
 
@@ -95,10 +95,17 @@ pub struct ReleaseBody {
     pub resource: Resource,
     /// The holder's lease id; required unless `force` is set.
     #[serde(default)]
+    #[schema(value_type = Option<String>, min_length = 16, max_length = 128, pattern = r"^[A-Za-z0-9_-]{16,128}$")]
     pub lease_id: Option<String>,
     /// Admin only: release whoever holds it (needs the admin token).
     #[serde(default)]
     pub force: bool,
+    /// Only with `force: true`: release only if the live lease still has this fencing
+    /// token, checked in the same atomic step as the release. When the lock changed
+    /// hands the answer is 409 `not_owner` and nothing changes.
+    #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 0)]
+    pub expected_token: Option<u64>,
 }
 
 /// `POST /api/v1/locks/refresh`.
@@ -106,6 +113,12 @@ pub struct ReleaseBody {
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
     pub resource: Resource,
+    /// The holder's lease id.
+    #[schema(
+        min_length = 16,
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9_-]{16,128}$"
+    )]
     pub lease_id: String,
     /// The new expiry is now + `ttl`.
     #[serde(with = "humantime_serde")]
@@ -120,6 +133,7 @@ pub struct TransferBody {
     pub resource: Resource,
     /// The holder's lease id; required unless `force` is set.
     #[serde(default)]
+    #[schema(value_type = Option<String>, min_length = 16, max_length = 128, pattern = r"^[A-Za-z0-9_-]{16,128}$")]
     pub lease_id: Option<String>,
     /// Admin only: transfer whoever holds it (needs the admin token).
     #[serde(default)]
@@ -226,6 +240,57 @@ impl ResourceQuery {
             project_name: self.project_name.unwrap_or_default(),
         }
         .validate("")
+    }
+}
+
+/// `DELETE /api/v1/queue/{entry_id}` query: optionally the resource whose queue the
+/// entry must still be in (all of `repo`, `path`, `workspace`, `project_name`, or none).
+/// The check is made in the same atomic step as the cancel.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CancelQuery {
+    /// Full repository name (`owner/name`) of the expected resource.
+    #[param(value_type = Option<String>, example = "myorg/myrepo")]
+    pub repo: Option<String>,
+    /// Project directory of the expected resource.
+    #[param(value_type = Option<String>, example = ".")]
+    pub path: Option<String>,
+    /// Terraform workspace of the expected resource.
+    #[param(value_type = Option<String>, example = "default")]
+    pub workspace: Option<String>,
+    /// Atlantis project name of the expected resource (may be empty).
+    #[param(value_type = Option<String>)]
+    pub project_name: Option<String>,
+}
+
+impl CancelQuery {
+    /// The expected resource, when the query names one; errors name the parameter.
+    pub fn into_expected(self) -> Result<Option<Resource>, InvalidRequest> {
+        let parts = [
+            ("repo", &self.repo),
+            ("path", &self.path),
+            ("workspace", &self.workspace),
+            ("project_name", &self.project_name),
+        ];
+        if parts.iter().all(|(_, v)| v.is_none()) {
+            return Ok(None);
+        }
+        if let Some((missing, _)) = parts.iter().find(|(_, v)| v.is_none()) {
+            return Err(InvalidRequest::new(
+                *missing,
+                "is required when any of repo, path, workspace, project_name is given \
+                 (give all four parts of the expected resource, or none)",
+            ));
+        }
+        Resource {
+            repo: self.repo.unwrap_or_default(),
+            path: self.path.unwrap_or_default(),
+            workspace: self.workspace.unwrap_or_default(),
+            project_name: self.project_name.unwrap_or_default(),
+        }
+        .validate("")
+        .map(Some)
     }
 }
 

@@ -22,7 +22,7 @@ use crate::Web;
 use crate::admin::{self, Caller, Via};
 use crate::html::{esc, lock_href};
 use crate::pages::{Ctx, ResourceParams, login_page};
-use crate::view::{self, bounded};
+use crate::view::bounded;
 
 /// How long a wrong login waits before it is answered, to slow down guessing.
 const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(300);
@@ -252,38 +252,29 @@ pub(crate) async fn force_unlock(
         Err(r) => return *r,
     };
     let key = resource.lock_key();
-    let confirmed: Option<u64> = form.fencing_token.as_deref().and_then(|t| t.parse().ok());
     // The confirmation named one lease (by its fencing token): if the lock changed
     // hands since, the administrator has not seen the new holder, so do not end it.
-    let current = match bounded(ctx.web.backend().get_lock(&resource)).await {
-        Ok(l) => l,
-        Err(e) => return unavailable(&ctx, &e),
-    };
-    let Some(current) = current else {
+    // The token travels with the release, so the backend checks it in the same atomic
+    // step as the release: a hand-off at any moment after the page was read is
+    // refused (`UnlockError::Changed`), never a release of the new holder.
+    let Some(confirmed) = form
+        .fencing_token
+        .as_deref()
+        .and_then(|t| t.parse::<u64>().ok())
+    else {
         return ctx.message(
-            StatusCode::CONFLICT,
-            "Nothing to unlock",
+            StatusCode::BAD_REQUEST,
+            "Which lease?",
             &format!(
-                r#"<p>Nobody holds <code>{}</code> any more. <a href="{}">Back to the lock</a>.</p>"#,
-                esc(&key),
+                r#"<p>The form does not name the fencing token of the lease to unlock. <a href="{}">Back to the lock</a>.</p>"#,
                 esc(&back)
             ),
         );
     };
-    if confirmed != Some(current.fencing_token.0) {
-        return ctx.message(
-            StatusCode::CONFLICT,
-            "The lock changed hands",
-            &format!(
-                r#"<p><code>{}</code> is now held by <strong>{}</strong> (fencing token {}), not the lease you confirmed. <a href="{}">Look again</a> before unlocking.</p>"#,
-                esc(&key),
-                esc(&current.owner.owner),
-                current.fencing_token,
-                esc(&back)
-            ),
-        );
-    }
-    match bounded(ctx.web.backend().force_unlock(&resource, None)).await {
+    let confirmed = tflock_core::FencingToken(confirmed);
+    match bounded(ctx.web.backend().force_unlock(&resource, Some(confirmed)))
+    .await
+    {
         Ok(done) => {
             tracing::info!(
                 lock = %key,
@@ -293,6 +284,27 @@ pub(crate) async fn force_unlock(
                 "web: force unlock by admin"
             );
             see_other(&format!("{back}&done=unlocked"))
+        }
+        Err(e) if e.code == tflock_core::ErrorCode::NotOwner => {
+            let now = match bounded(ctx.web.backend().get_lock(&resource)).await {
+                Ok(Some(l)) => format!(
+                    " It is now held by <strong>{}</strong> (fencing token {}).",
+                    esc(&l.owner.owner),
+                    l.fencing_token
+                ),
+                _ => String::new(),
+            };
+            ctx.message(
+                StatusCode::CONFLICT,
+                "The lock changed hands",
+                &format!(
+                    r#"<p><code>{}</code> is no longer held under the lease you confirmed (fencing token {}); nothing was unlocked.{} <a href="{}">Look again</a> before unlocking.</p>"#,
+                    esc(&key),
+                    confirmed,
+                    now,
+                    esc(&back)
+                ),
+            )
         }
         Err(e) if e.code == UnlockError::NotFound.code() => ctx.message(
             StatusCode::CONFLICT,
@@ -348,15 +360,15 @@ pub(crate) async fn cancel_entry(
     };
     let entry_id = form.entry_id.unwrap_or_default();
     // The entry must be in this lock's queue: the form names both, and the page it
-    // sends the administrator back to must be the one the entry was on.
-    let in_queue = match view::queue(ctx.web.backend(), &resource).await {
-        Ok(qs) => qs.entries.iter().any(|e| e.entry.entry_id == entry_id),
-        Err(e) => return unavailable(&ctx, &e),
-    };
-    if !in_queue {
-        return gone(&ctx, &resource, &back);
-    }
-    match bounded(ctx.web.backend().cancel_queue_entry(&entry_id, None)).await {
+    // sends the administrator back to must be the one the entry was on. The resource
+    // travels with the cancel, so the backend checks that in the same atomic step.
+    match bounded(
+        ctx.web
+            .backend()
+            .cancel_queue_entry(&entry_id, Some(&resource)),
+    )
+    .await
+    {
         Ok(cancelled) => {
             tracing::info!(
                 lock = %resource.lock_key(),

@@ -181,7 +181,7 @@ async fn an_empty_token_is_no_token() {
 /// subscriber (once, for the whole test binary): a thread-scoped one misses events
 /// whose callsites other test threads registered first.
 #[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub(crate) std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -203,14 +203,14 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
-fn captured_logs() -> &'static Captured {
+pub(crate) fn captured_logs() -> &'static Captured {
     static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
     CAPTURED.get_or_init(|| {
         let captured = Captured::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(captured.clone())
             .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "tflock_server=trace,tflock_embedded=trace,tflock_redis=trace,tflock_health=trace,axum=trace",
+                "tflock_server=trace,tflock_web=trace,tflock_embedded=trace,tflock_redis=trace,tflock_health=trace,tflock_core=trace,axum=trace,tower_http=trace",
             ))
             .with_ansi(false)
             .finish();

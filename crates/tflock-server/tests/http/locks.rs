@@ -93,10 +93,31 @@ async fn a_held_lock_is_reported_without_its_lease_id(store: Store) {
         "no entry left behind"
     );
 
-    // The same owner again: a re-lock keeps lease and token.
-    let again = s.lock(&r, "o/r#1").await;
-    assert_eq!(again["lease_id"], first["lease_id"]);
-    assert_eq!(again["fencing_token"], first["fencing_token"]);
+    // The same owner without proof: owner strings are public, so not acquired
+    // (`held_by_owner`), the public view only, and never queued behind itself.
+    let (status, body) = s
+        .post(
+            "/api/v1/locks/acquire",
+            json!({"resource": r, "owner": "o/r#1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["acquired"], false, "{body}");
+    assert_eq!(body["reason"], "held_by_owner", "{body}");
+    assert!(body["lock"].get("lease_id").is_none(), "{body}");
+    assert_eq!(s.queue(&r).await["entries"], json!([]));
+
+    // With its lease as proof: a re-lock keeps lease and token.
+    let (status, again) = s
+        .post(
+            "/api/v1/locks/acquire",
+            json!({"resource": r, "owner": "o/r#1", "lease_id": first["lease_id"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["acquired"], true, "{again}");
+    assert_eq!(again["lock"]["lease_id"], first["lease_id"]);
+    assert_eq!(again["lock"]["fencing_token"], first["fencing_token"]);
     s.shutdown().await;
 }
 

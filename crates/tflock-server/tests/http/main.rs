@@ -16,4 +16,5 @@ mod locks;
 mod observability;
 mod openapi;
 mod queue;
+mod safety;
 mod webhooks;

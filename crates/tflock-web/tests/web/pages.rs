@@ -432,6 +432,155 @@ async fn force_unlock_checks_csrf_origin_and_the_confirmed_lease() {
     s.shutdown().await;
 }
 
+/// The lock is handed to the next in line between the confirmation page being read
+/// and the post: the post still names the old lease's fencing token, the backend
+/// refuses it in the same step as the release, and the new holder keeps the lock.
+#[tokio::test]
+async fn force_unlock_after_a_hand_off_keeps_the_new_holder() {
+    let s = TestServer::start(Options::tokens()).await;
+    let r = resource("myorg/myrepo", ".", "default", "");
+    let first = s
+        .acquire(json!({"resource": r, "owner": "myorg/myrepo#42"}))
+        .await;
+    let lease = first["lock"]["lease_id"].as_str().unwrap().to_string();
+    s.acquire(json!({"resource": r, "owner": "myorg/myrepo#43", "reserve": true}))
+        .await;
+    let cookie = s.login().await;
+    let confirm_url = format!(
+        "/ui/lock/unlock?{}",
+        lock_page(&r).trim_start_matches("/ui/lock?")
+    );
+    let (status, _, confirm) = s.page(&confirm_url, &[("cookie", &cookie)]).await;
+    assert_eq!(status, StatusCode::OK, "{confirm}");
+    let csrf = form_value(&confirm, "csrf").unwrap();
+    let token = form_value(&confirm, "fencing_token").unwrap();
+
+    // #42 releases: the same step hands the lock to #43 with a new token.
+    let (status, v) = s
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/locks/release",
+            Some(json!({"resource": r, "lease_id": lease})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(s.holder(&r).await.as_deref(), Some("myorg/myrepo#43"));
+
+    let (status, _, body) = s
+        .post_form(
+            "/ui/lock/unlock",
+            &[
+                ("repo", "myorg/myrepo"),
+                ("path", "."),
+                ("workspace", "default"),
+                ("project_name", ""),
+                ("fencing_token", &token),
+                ("csrf", &csrf),
+            ],
+            &[("cookie", &cookie), ("origin", &s.base)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("The lock changed hands"), "{body}");
+    assert!(body.contains("myorg/myrepo#43"), "{body}");
+    assert_eq!(s.holder(&r).await.as_deref(), Some("myorg/myrepo#43"));
+
+    // A form without a fencing token names no lease: refused, nothing changes.
+    let (status, _, body) = s
+        .post_form(
+            "/ui/lock/unlock",
+            &[
+                ("repo", "myorg/myrepo"),
+                ("path", "."),
+                ("workspace", "default"),
+                ("project_name", ""),
+                ("csrf", &csrf),
+            ],
+            &[("cookie", &cookie), ("origin", &s.base)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(s.holder(&r).await.as_deref(), Some("myorg/myrepo#43"));
+    s.shutdown().await;
+}
+
+/// A cancel form names the entry and the lock it was shown on: an entry granted the
+/// lock between the page and the post, or one of another lock's queue, is not
+/// cancelled, and its owner keeps what it has.
+#[tokio::test]
+async fn cancel_checks_the_entry_is_still_in_the_forms_queue() {
+    let s = TestServer::start(Options::tokens()).await;
+    let r = resource("myorg/myrepo", ".", "default", "");
+    let other = resource("myorg/myrepo", ".", "staging", "");
+    let first = s
+        .acquire(json!({"resource": r, "owner": "myorg/myrepo#42"}))
+        .await;
+    let lease = first["lock"]["lease_id"].as_str().unwrap().to_string();
+    let res = s
+        .acquire(json!({"resource": r, "owner": "myorg/myrepo#43", "reserve": true}))
+        .await;
+    let entry = res["queue"]["entry_id"].as_str().unwrap().to_string();
+    s.acquire(json!({"resource": other, "owner": "myorg/myrepo#50"}))
+        .await;
+    let res = s
+        .acquire(json!({"resource": other, "owner": "myorg/myrepo#51", "reserve": true}))
+        .await;
+    let other_entry = res["queue"]["entry_id"].as_str().unwrap().to_string();
+    let cookie = s.login().await;
+    let cancel_url = format!(
+        "/ui/queue/cancel?entry_id={entry}&{}",
+        lock_page(&r).trim_start_matches("/ui/lock?")
+    );
+    let (status, _, confirm) = s.page(&cancel_url, &[("cookie", &cookie)]).await;
+    assert_eq!(status, StatusCode::OK, "{confirm}");
+    let csrf = form_value(&confirm, "csrf").unwrap();
+
+    // Another lock's entry posted with this lock's form: not cancelled.
+    let (status, _, body) = s
+        .post_form(
+            "/ui/queue/cancel",
+            &[
+                ("entry_id", &other_entry),
+                ("repo", "myorg/myrepo"),
+                ("path", "."),
+                ("workspace", "default"),
+                ("project_name", ""),
+                ("csrf", &csrf),
+            ],
+            &[("cookie", &cookie), ("origin", &s.base)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(s.queue(&other).await, vec!["myorg/myrepo#51".to_string()]);
+
+    // #42 releases: #43's reservation is granted the lock before the post.
+    let (status, v) = s
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/locks/release",
+            Some(json!({"resource": r, "lease_id": lease})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, _, body) = s
+        .post_form(
+            "/ui/queue/cancel",
+            &[
+                ("entry_id", &entry),
+                ("repo", "myorg/myrepo"),
+                ("path", "."),
+                ("workspace", "default"),
+                ("project_name", ""),
+                ("csrf", &csrf),
+            ],
+            &[("cookie", &cookie), ("origin", &s.base)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(s.holder(&r).await.as_deref(), Some("myorg/myrepo#43"));
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn basic_auth_with_the_admin_token_cancels_an_entry() {
     let s = TestServer::start(Options::tokens()).await;
