@@ -87,8 +87,18 @@ fn every_lock_command(t: &T) {
     assert_eq!(got["lock"]["user"]["username"], "alice");
     assert_eq!(got["lock"]["pull"]["num"], 42);
 
-    // The same owner again: re-lock, same lease (Atlantis's re-plan).
-    assert_eq!(t.json(&args(&a42))["lock"]["lease_id"], lease.as_str());
+    // The same owner again without proof: not acquired (held_by_owner), exit 3.
+    let (out, err) = t.fails(3, &args(&with(&a42, &["--json"])));
+    let held: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(held["reason"], "held_by_owner", "{held}");
+    assert!(held["lock"].get("lease_id").is_none(), "{held}");
+    assert!(
+        err.contains("held_by_owner") && err.contains("--lease-id"),
+        "{err}"
+    );
+    // With its lease as proof: re-lock, same lease (Atlantis's re-plan).
+    let relock = with(&a42, &["--lease-id", &lease]);
+    assert_eq!(t.json(&args(&relock))["lock"]["lease_id"], lease.as_str());
 
     // Table form prints only the lease id on stdout.
     let other = t.ok(&[
@@ -198,7 +208,15 @@ fn every_lock_command(t: &T) {
         1,
         &args(&with(
             &["locks", "refresh"],
-            &[R[0], R[1], "--lease-id", "0000", "--ttl", "1h", "--json"],
+            &[
+                R[0],
+                R[1],
+                "--lease-id",
+                "00000000000000000000000000000000",
+                "--ttl",
+                "1h",
+                "--json",
+            ],
         )),
     );
     assert!(out.contains("\"lease_lost\""), "{out}");
@@ -209,7 +227,13 @@ fn every_lock_command(t: &T) {
         1,
         &args(&with(
             &["locks", "unlock"],
-            &[R[0], R[1], "--lease-id", "0000", "--json"],
+            &[
+                R[0],
+                R[1],
+                "--lease-id",
+                "00000000000000000000000000000000",
+                "--json",
+            ],
         )),
     );
     assert!(out.contains("\"not_owner\""), "{out}");
@@ -323,6 +347,173 @@ fn every_lock_command(t: &T) {
     let (code, out, _) = t.run(&["health"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("healthy"), "{out}");
+}
+
+/// `--lease-file`, checked lease ids, `--expect-token`, a cancel naming its queue and
+/// the `lease_lost` answer of a spent request id.
+fn lease_files_and_checked_leases(t: &T) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = t.env.path("lease");
+    let file_arg = format!("--lease-file={}", file.display());
+    let a = with(&["locks", "acquire"], R);
+    let mine = with(&a, &["--owner=myorg/myrepo#7", &file_arg]);
+
+    // A grant writes the lease to the file, owner-only.
+    let got = t.json(&args(&mine));
+    assert_eq!(got["acquired"], true, "{got}");
+    let lease = got["lock"]["lease_id"].as_str().unwrap().to_string();
+    let token = got["lock"]["fencing_token"].as_u64().unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), lease);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the lease file is {mode:o}");
+    // The file is the re-lock proof: a re-plan gets the lock at once.
+    let again = t.json(&args(&mine));
+    assert_eq!(again["acquired"], true, "{again}");
+    assert_eq!(again["lock"]["lease_id"], lease.as_str());
+    assert_eq!(again["lock"]["fencing_token"], token);
+
+    // Empty or malformed lease ids: usage errors naming the flag; nothing changes.
+    let unlock = with(&["locks", "unlock"], R);
+    let refresh = with(&["locks", "refresh"], R);
+    for bad in ["", "not a lease id", "short"] {
+        for cmd in [
+            with(&unlock, &["--lease-id", bad]),
+            with(&refresh, &["--lease-id", bad, "--ttl=1h"]),
+            with(&a, &["--owner=myorg/myrepo#7", "--lease-id", bad]),
+            with(
+                &["locks", "transfer"],
+                &[R[0], R[1], "--lease-id", bad, "--to-owner=x"],
+            ),
+        ] {
+            let (_, err) = t.fails(2, &args(&cmd));
+            assert!(err.contains("--lease-id"), "{cmd:?}: {err}");
+        }
+    }
+    let held = t.json(&args(&with(&["locks", "get"], R)));
+    assert_eq!(held["lock"]["owner"], "myorg/myrepo#7");
+    assert_eq!(held["lock"]["fencing_token"], token);
+    // A lease file without a lease id in it is refused the same way.
+    let junk = t.env.path("junk-lease");
+    std::fs::write(&junk, "").unwrap();
+    let junk_arg = format!("--lease-file={}", junk.display());
+    let (_, err) = t.fails(2, &args(&with(&unlock, &[&junk_arg])));
+    assert!(err.contains("--lease-file"), "{err}");
+    let missing = format!("--lease-file={}", t.env.path("nope").display());
+    let (_, err) = t.fails(2, &args(&with(&unlock, &[&missing])));
+    assert!(err.contains("--lease-file"), "{err}");
+
+    // --expect-token: only with --force; a lock that changed hands is not released.
+    let (_, err) = t.fails(
+        2,
+        &args(&with(&unlock, &["--expect-token=1", "--lease-id", &lease])),
+    );
+    assert!(
+        err.contains("--expect-token") || err.contains("--force"),
+        "{err}"
+    );
+    let stale = (token + 100).to_string();
+    let (_, err) = t.fails(
+        1,
+        &args(&with(&unlock, &["--force", "--expect-token", &stale])),
+    );
+    assert!(err.contains("changed hands"), "{err}");
+    assert_eq!(
+        t.json(&args(&with(&["locks", "get"], R)))["lock"]["owner"],
+        "myorg/myrepo#7"
+    );
+
+    // A cancel naming a queue the entry is not in cancels nothing.
+    let (out, _) = t.fails(
+        3,
+        &args(&with(&a, &["--owner=carol", "--user=carol", "--reserve"])),
+    );
+    let entry = out.trim().to_string();
+    let (_, err) = t.fails(1, &["locks", "cancel", &entry, "--project=myorg/elsewhere"]);
+    assert!(err.contains("myorg/elsewhere"), "{err}");
+    let q = t.json(&args(&with(&["locks", "queue"], R)));
+    assert_eq!(q["entries"][0]["entry_id"], entry.as_str(), "{q}");
+    let (_, err) = t.fails(2, &["locks", "cancel", &entry, "--workspace=default"]);
+    assert!(err.contains("--project"), "{err}");
+    let c = t.json(&[
+        "locks",
+        "cancel",
+        &entry,
+        "--project=myorg/myrepo",
+        "--workspace=default",
+    ]);
+    assert_eq!(c["cancelled"]["entry_id"], entry.as_str(), "{c}");
+
+    // Unlock with the file: released, and the file is gone.
+    let done = t.json(&args(&with(&unlock, &[&file_arg])));
+    assert_eq!(done["released"]["owner"], "myorg/myrepo#7", "{done}");
+    assert!(!file.exists(), "the lease file is removed after the unlock");
+
+    // A retry of a spent request id: lease_lost, exit 3.
+    let rid = format!("cli-request-id-{}", std::process::id());
+    let first = with(&a, &["--owner=myorg/myrepo#8", "--request-id", &rid]);
+    let got = t.json(&args(&first));
+    assert_eq!(got["acquired"], true, "{got}");
+    let l8 = got["lock"]["lease_id"].as_str().unwrap().to_string();
+    let t8 = got["lock"]["fencing_token"].as_u64().unwrap().to_string();
+    t.ok(&args(&with(&unlock, &["--force", "--expect-token", &t8])));
+    let (out, err) = t.fails(3, &args(&with(&first, &["--json"])));
+    let lost: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(lost["reason"], "lease_lost", "{lost}");
+    assert!(err.contains("lease_lost"), "{err}");
+    assert!(!out.contains(&rid) && !err.contains(&rid), "{out}{err}");
+    let _ = l8;
+}
+
+#[test]
+fn lease_files_and_checked_leases_through_the_server_on_embedded() {
+    let mut env = Env::embedded();
+    env.start_server(&[], &[]);
+    lease_files_and_checked_leases(&T {
+        env: &env,
+        via: Via::Server,
+        backend: "embedded",
+    });
+}
+
+#[test]
+fn lease_files_and_checked_leases_through_the_server_on_redis() {
+    let mut env = Env::redis();
+    env.start_server(&[], &[]);
+    lease_files_and_checked_leases(&T {
+        env: &env,
+        via: Via::Server,
+        backend: "redis",
+    });
+}
+
+#[test]
+fn lease_files_and_checked_leases_on_the_embedded_store_opened_directly() {
+    let env = Env::embedded();
+    lease_files_and_checked_leases(&T {
+        env: &env,
+        via: Via::Direct,
+        backend: "embedded",
+    });
+}
+
+/// A bad lease id is refused before any request: with no server to reach, the answer
+/// is still the usage error (exit 2), not backend unavailable (exit 4).
+#[test]
+fn bad_lease_ids_are_refused_before_any_request() {
+    let env = Env::embedded();
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    for a in [
+        with(&["locks", "unlock"], &[R[0], R[1], "--lease-id", ""]),
+        with(&["locks", "acquire"], &[R[0], R[1], "--lease-id", "x y"]),
+        with(
+            &["locks", "refresh"],
+            &[R[0], R[1], "--lease-id", "", "--ttl=1m"],
+        ),
+    ] {
+        let (code, _, err) = output(env.tflock().env("TFLOCK_SERVER", &nowhere).args(&a));
+        assert_eq!(code, 2, "{a:?}: {err}");
+        assert!(err.contains("--lease-id"), "{a:?}: {err}");
+    }
 }
 
 #[test]

@@ -206,17 +206,26 @@ pub enum LocksCommand {
     /// Take a lock; prints the lease id. Exit 3 when not acquired or timed out.
     #[command(group(ArgGroup::new("how").args(["wait", "reserve"])))]
     Acquire(AcquireArgs),
-    /// Release a lock: by its lease id, or --force (admin).
-    #[command(group(ArgGroup::new("auth").args(["force", "lease_id"]).required(true)))]
+    /// Release a lock: by its lease id (--lease-id or --lease-file), or --force (admin).
+    #[command(group(ArgGroup::new("auth").args(["force", "lease_id", "lease_file"]).required(true)))]
     Unlock {
         #[command(flatten)]
         resource: ResourceArgs,
         /// Release whoever holds it (admin).
         #[arg(long)]
         force: bool,
+        /// With --force: release only if the lock is still held with this fencing
+        /// token (checked in the same atomic step; exit 1, not_owner, when it changed
+        /// hands).
+        #[arg(long, value_name = "N")]
+        expect_token: Option<u64>,
         /// The holder's lease id.
         #[arg(long, value_name = "L")]
         lease_id: Option<String>,
+        /// Read the lease id from this file (written by `locks acquire --lease-file`);
+        /// the file is removed once the lock is released.
+        #[arg(long, value_name = "PATH")]
+        lease_file: Option<PathBuf>,
     },
     /// Release every lock and queue entry of one pull request (admin).
     UnlockPull {
@@ -265,10 +274,23 @@ pub enum LocksCommand {
         #[arg(long, value_name = "U")]
         user: String,
     },
-    /// Remove a queue entry.
+    /// Remove a queue entry. With --project (and --workspace, --path,
+    /// --project-name), only if the entry still waits in that resource's queue.
     Cancel {
         /// The entry id (from `locks queue` or `locks acquire --reserve`).
         entry: String,
+        /// The repository of the resource whose queue the entry must be in.
+        #[arg(long, value_name = "REPO")]
+        project: Option<String>,
+        /// With --project: the Terraform workspace (default `default`).
+        #[arg(long, requires = "project")]
+        workspace: Option<String>,
+        /// With --project: the project's directory (default `.`).
+        #[arg(long, requires = "project")]
+        path: Option<String>,
+        /// With --project: the Atlantis project name (default empty).
+        #[arg(long, value_name = "NAME", requires = "project")]
+        project_name: Option<String>,
     },
     /// Write every lock, queue entry and fencing token as JSON to stdout (admin).
     Export {
@@ -326,9 +348,19 @@ pub struct AcquireArgs {
     /// Take a place in the queue and return at once (prints the entry id).
     #[arg(long)]
     pub reserve: bool,
-    /// Idempotency key: a retry with the same id is answered as the first call was.
+    /// Secret idempotency key: a retry with the same id is answered from the present
+    /// state of the grant it made, and proves holding that grant for a re-lock. Treat
+    /// it like a lease id: it is never shown back.
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
+    /// Re-lock proof: the lease id this owner already holds the lock under. Without a
+    /// proof a re-lock by the same owner is refused (`held_by_owner`).
+    #[arg(long, value_name = "L", conflicts_with = "lease_file")]
+    pub lease_id: Option<String>,
+    /// Keep the lease in this file: when it exists its lease id is sent as the re-lock
+    /// proof; on a grant the lease id is written to it (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub lease_file: Option<PathBuf>,
 }
 
 /// `tflock run`.

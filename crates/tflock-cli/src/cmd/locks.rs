@@ -1,6 +1,8 @@
 //! `tflock locks ...`: every lock and queue operation of the contract, on whatever
 //! backend [`crate::target::connect`] picks.
 
+use std::path::Path;
+
 use serde_json::json;
 use tflock_config::Loaded;
 use tflock_core::{
@@ -21,6 +23,9 @@ pub async fn run(
     command: LocksCommand,
     out: Out,
 ) -> CliResult<Exit> {
+    // Lease ids and lease files are checked before anything is sent: an empty or
+    // malformed lease id is nobody's and must never reach a store.
+    check_leases(&command)?;
     let target = connect(global, loaded).await?;
     let backend = target.backend();
     let result = match command {
@@ -62,6 +67,106 @@ pub async fn run(
     };
     target.close().await;
     result
+}
+
+/// A lease id given on the command line, checked to be well formed; errors name
+/// `flag`.
+pub fn lease_arg(flag: &str, value: &str) -> CliResult<LeaseId> {
+    LeaseId::parse(flag, value).map_err(|e| Failure::usage(format!("{flag}: {}", e.message)))
+}
+
+/// The lease id kept in `path`: `None` when the file does not exist. A file that is
+/// there but holds no well-formed lease id is refused, naming `--lease-file`.
+pub fn read_lease_file(path: &Path) -> CliResult<Option<LeaseId>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => LeaseId::parse("--lease-file", text.trim())
+            .map(Some)
+            .map_err(|e| Failure::usage(format!("--lease-file {}: {}", path.display(), e.message))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::usage(format!(
+            "--lease-file {}: cannot read it: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes `lease` to `path`, readable by its owner only (mode 0600), replacing the
+/// file in one step (a temporary file in the same directory, then a rename).
+pub fn write_lease_file(path: &Path, lease: &LeaseId) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "lease".into());
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(lease.as_str().as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Checks every lease id and lease file a command names, before any request.
+fn check_leases(command: &LocksCommand) -> CliResult<()> {
+    match command {
+        LocksCommand::Acquire(a) => {
+            if let Some(l) = &a.lease_id {
+                lease_arg("--lease-id", l)?;
+            }
+            if let Some(p) = &a.lease_file {
+                read_lease_file(p)?;
+            }
+        }
+        LocksCommand::Unlock {
+            lease_id,
+            lease_file,
+            force,
+            expect_token,
+            ..
+        } => {
+            if expect_token.is_some() && !force {
+                return Err(Failure::usage(
+                    "--expect-token goes with --force (a lease id already names its lease)",
+                ));
+            }
+            if let Some(l) = lease_id {
+                lease_arg("--lease-id", l)?;
+            }
+            if let Some(p) = lease_file {
+                unlock_lease_file(p)?;
+            }
+        }
+        LocksCommand::Refresh { lease_id, .. } => {
+            lease_arg("--lease-id", lease_id)?;
+        }
+        LocksCommand::Transfer {
+            lease_id: Some(l), ..
+        } => {
+            lease_arg("--lease-id", l)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The lease id in an unlock's `--lease-file`, which must exist.
+fn unlock_lease_file(path: &Path) -> CliResult<LeaseId> {
+    read_lease_file(path)?.ok_or_else(|| {
+        Failure::usage(format!(
+            "--lease-file {}: no such file (nothing to unlock with)",
+            path.display()
+        ))
+    })
 }
 
 /// The resource the flags name; errors name the flag at fault.
@@ -178,14 +283,46 @@ async fn one(backend: &SharedBackend, command: LocksCommand, out: Out) -> CliRes
         LocksCommand::Unlock {
             resource: r,
             force,
+            expect_token,
             lease_id,
+            lease_file,
         } => {
             let r = resource(&r)?;
-            let resp = match (force, lease_id) {
-                (true, _) => backend.force_unlock(&r, None).await?,
-                (false, Some(l)) => backend.unlock(&r, &LeaseId(l)).await?,
-                (false, None) => return Err(Failure::usage("give --lease-id L or --force")),
+            let resp = match (force, lease_id, &lease_file) {
+                (true, _, _) => {
+                    let expected = expect_token.map(tflock_core::FencingToken);
+                    match backend.force_unlock(&r, expected).await {
+                        Ok(resp) => resp,
+                        Err(tflock_core::UnlockError::NotOwner) if expected.is_some() => {
+                            return Err(Failure {
+                                exit: Exit::Error,
+                                message: format!(
+                                    "the lock changed hands: {} is no longer held with fencing token {}; nothing was released",
+                                    r.lock_key(),
+                                    expect_token.unwrap_or_default()
+                                ),
+                                code: Some(ErrorCode::NotOwner),
+                            });
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                (false, Some(l), _) => backend.unlock(&r, &lease_arg("--lease-id", &l)?).await?,
+                (false, None, Some(p)) => backend.unlock(&r, &unlock_lease_file(p)?).await?,
+                (false, None, None) => {
+                    return Err(Failure::usage(
+                        "give --lease-id L, --lease-file PATH or --force",
+                    ));
+                }
             };
+            if let (false, Some(p)) = (force, &lease_file) {
+                if let Err(e) = std::fs::remove_file(p) {
+                    eprintln!(
+                        "released, but could not remove --lease-file {}: {e}",
+                        p.display()
+                    );
+                }
+            }
             out.emit(&resp, || {
                 let mut s = format!(
                     "released {} (held by {}, fencing token {})",
@@ -223,7 +360,9 @@ async fn one(backend: &SharedBackend, command: LocksCommand, out: Out) -> CliRes
             ttl,
         } => {
             let r = resource(&r)?;
-            let lock = backend.refresh_lock(&r, &LeaseId(lease_id), ttl).await?;
+            let lock = backend
+                .refresh_lock(&r, &lease_arg("--lease-id", &lease_id)?, ttl)
+                .await?;
             out.emit(&json!({ "lock": lock }), || {
                 format!("refreshed {}: expires {}", lock.key, when(lock.expires_at))
             })?;
@@ -240,7 +379,7 @@ async fn one(backend: &SharedBackend, command: LocksCommand, out: Out) -> CliRes
             let r = resource(&r)?;
             let auth = match (force, lease_id) {
                 (true, _) => TransferAuth::Admin,
-                (false, Some(l)) => TransferAuth::Lease(LeaseId(l)),
+                (false, Some(l)) => TransferAuth::Lease(lease_arg("--lease-id", &l)?),
                 (false, None) => return Err(Failure::usage("give --lease-id L or --force")),
             };
             let to = Owner {
@@ -302,8 +441,36 @@ async fn one(backend: &SharedBackend, command: LocksCommand, out: Out) -> CliRes
             })?;
             Ok(Exit::Success)
         }
-        LocksCommand::Cancel { entry } => {
-            let cancelled = backend.cancel_queue_entry(&entry, None).await?;
+        LocksCommand::Cancel {
+            entry,
+            project,
+            workspace,
+            path,
+            project_name,
+        } => {
+            let expected = match project {
+                Some(project) => Some(resource(&ResourceArgs {
+                    project,
+                    workspace: workspace.unwrap_or_else(|| "default".into()),
+                    path: path.unwrap_or_else(|| ".".into()),
+                    project_name: project_name.unwrap_or_default(),
+                })?),
+                None => None,
+            };
+            let cancelled = backend
+                .cancel_queue_entry(&entry, expected.as_ref())
+                .await
+                .map_err(|e| match (&e, &expected) {
+                    (tflock_core::CancelError::NotFound, Some(r)) => Failure {
+                        exit: Exit::Error,
+                        message: format!(
+                            "no queue entry {entry} waits in the queue of {}",
+                            r.lock_key()
+                        ),
+                        code: Some(ErrorCode::NotFound),
+                    },
+                    _ => e.into(),
+                })?;
             out.emit(&json!({ "cancelled": cancelled }), || {
                 format!(
                     "cancelled {} ({} on {}, waited {})",
@@ -323,6 +490,11 @@ async fn one(backend: &SharedBackend, command: LocksCommand, out: Out) -> CliRes
 
 async fn acquire(backend: &SharedBackend, a: AcquireArgs, out: Out) -> CliResult<Exit> {
     let r = resource(&a.resource)?;
+    let proof = match (&a.lease_id, &a.lease_file) {
+        (Some(l), _) => Some(lease_arg("--lease-id", l)?),
+        (None, Some(p)) => read_lease_file(p)?,
+        (None, None) => None,
+    };
     let request = LockRequest {
         owner: owner(&a.owner, &r.repo),
         resource: r,
@@ -331,8 +503,9 @@ async fn acquire(backend: &SharedBackend, a: AcquireArgs, out: Out) -> CliResult
         wait: a.wait,
         reserve: a.reserve,
         request_id: a.request_id,
-        lease_id: None,
+        lease_id: proof,
     };
+    let key = request.resource.lock_key();
     let resp = backend.try_lock(request).await?;
     // The explanation goes to stderr in every format; stdout carries the answer: the
     // lease id (or a reservation's entry id) for humans, the whole answer as JSON.
@@ -371,6 +544,27 @@ async fn acquire(backend: &SharedBackend, a: AcquireArgs, out: Out) -> CliResult
             "not acquired: the queue entry was cancelled while waiting".into(),
             None,
         ),
+        (l, None, Some(NotAcquiredReason::HeldByOwner)) => (
+            format!(
+                "not acquired (held_by_owner): {key} is already held by this owner ({}), \
+                 but no proof of holding it was given; to re-lock pass the lease with \
+                 --lease-id or --lease-file, or the grant's --request-id",
+                l.as_ref()
+                    .map(holder)
+                    .unwrap_or_else(|| "the same owner".into())
+            ),
+            None,
+        ),
+        (l, None, Some(NotAcquiredReason::LeaseLost)) => (
+            format!(
+                "not acquired (lease_lost): the lease this request id was granted has ended \
+                 (released, expired, forced or transferred); {}",
+                l.as_ref()
+                    .map(|l| format!("now held by {}", holder(l)))
+                    .unwrap_or_else(|| format!("{key} is not locked now"))
+            ),
+            None,
+        ),
         (l, None, _) => (
             format!(
                 "not acquired: held by {}",
@@ -383,6 +577,20 @@ async fn acquire(backend: &SharedBackend, a: AcquireArgs, out: Out) -> CliResult
     };
     eprintln!("{note}");
     out.emit(&resp, || id.unwrap_or_default())?;
+    if let (true, Some(path), Some(lease)) = (
+        resp.acquired,
+        &a.lease_file,
+        resp.lock.as_ref().and_then(|l| l.lease_id.as_ref()),
+    ) {
+        write_lease_file(path, lease).map_err(|e| Failure {
+            exit: Exit::Error,
+            message: format!(
+                "acquired {key}, but could not write --lease-file {}: {e}",
+                path.display()
+            ),
+            code: None,
+        })?;
+    }
     if resp.acquired {
         return Ok(Exit::Success);
     }
