@@ -83,8 +83,18 @@ if rid ~= '' then
       end
       if live_grant() then return now_answer({ acq = true, lock = lock_view(sk, cur, true) }) end
       return lost()
-    elseif a.reason == 'timeout' then
-      return now_answer({ acq = false, lock = public_now(), reason = 'timeout' })
+    elseif a.reason == 'timeout' or a.reason == 'cancelled' then
+      return now_answer({ acq = false, lock = public_now(), reason = a.reason })
+    end
+  end
+  -- The first call is still queued (its answer is not kept yet): the same entry,
+  -- never a second one. A waiting retry waits on that entry.
+  for _, e in ipairs(all_entries(sk)) do
+    if e.rid == rid and e.owner == who.owner then
+      if e.kind == 'w' and mode == 'w' then return reply({ r = 'wait', id = e.id, dl = e.dl }) end
+      return now_answer({
+        acq = false, lock = public_now(), reason = 'held', q = { id = e.id, pos = position(sk, e.id) },
+      })
     end
   end
   if cur and cur.rid == rid and cur.owner == who.owner and cur.entry ~= '' then

@@ -62,13 +62,20 @@ if redis.call('HEXISTS', k_entries(sk), id) == 1 then
   return reply({ r = 'ans', a = a, fresh = false })
 end
 
--- The entry is gone: cancelled (CancelQueueEntry, UnlockByPull) or dropped at its
--- deadline. A cancelled call's answer is not kept for retries.
+-- The entry is gone: granted to another call with the same request id (a retry
+-- that waits on the same entry, or took the claim over), cancelled
+-- (CancelQueueEntry, UnlockByPull) or dropped at its deadline. The outcome is kept
+-- for retries (contract rule 8).
 redis.call('DEL', k_wake(id))
 local cur = settle(sk)
+if rid ~= '' and cur and cur.rid == rid and cur.owner == owner and cur.entry == '' then
+  return reply({ r = 'ans', a = { acq = true, lock = lock_view(sk, cur, true) }, fresh = false })
+end
 local public = cur and lock_view(sk, cur, false) or nil
 if hint == 'c' or (hint == '' and NOW < dl) then
-  return reply({ r = 'ans', a = { acq = false, lock = public, reason = 'cancelled' }, fresh = false })
+  local a = { acq = false, lock = public, reason = 'cancelled' }
+  remember(owner, rid, retention, a)
+  return reply({ r = 'ans', a = a, fresh = false })
 end
 local a = { acq = false, lock = public, reason = 'timeout' }
 remember(owner, rid, retention, a)

@@ -1141,6 +1141,10 @@ impl Backend for RedisBackend {
         match body.r.as_str() {
             "ans" => self.answer(body, bucket, generation).await,
             "wait" => {
+                // A retry of a call that still waits waits on that call's entry.
+                if let Some(id) = body.id.filter(|id| *id != guard.entry_id) {
+                    guard.entry_id = id;
+                }
                 let deadline = Timestamp(body.dl.unwrap_or_default().0);
                 self.wait_for_grant(&req, guard, deadline).await
             }

@@ -513,3 +513,74 @@ async fn waiter_cut_off_during_wait_frees_the_lock_within_claim_timeout() {
         cut.elapsed()
     );
 }
+
+// ---- 1: a retry of a call that still waits joins its entry ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_retry_joins_the_first_calls_entry() {
+    let b = backend().await;
+    let r = resource("o/replay-w");
+    let holder = grant(&b, LockRequest::new(r.clone(), "holder")).await;
+    let req = LockRequest::new(r.clone(), "o/replay-w#1")
+        .with_wait(Duration::from_secs(20))
+        .with_request_id("rid-replay-w");
+    let spawn = |req: LockRequest| {
+        let b = b.clone();
+        tokio::spawn(async move { b.try_lock(req).await })
+    };
+    let first = spawn(req.clone());
+    let started = Instant::now();
+    while b.get_queue_status(&r).await.unwrap().entries.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let retry = spawn(req.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        b.get_queue_status(&r).await.unwrap().entries.len(),
+        1,
+        "never a second entry"
+    );
+    b.unlock(&r, holder.lease_id.as_ref().unwrap())
+        .await
+        .unwrap();
+    let first = first.await.unwrap().unwrap();
+    let retry = tokio::time::timeout(Duration::from_secs(10), retry)
+        .await
+        .expect("the retry answers")
+        .unwrap()
+        .unwrap();
+    assert!(first.acquired && retry.acquired, "{first:?} / {retry:?}");
+    let (f, g) = (first.lock.unwrap(), retry.lock.unwrap());
+    assert_eq!(f.fencing_token, g.fencing_token, "one grant");
+    assert_eq!(f.lease_id, g.lease_id);
+
+    // Cancelled: a retry gets that outcome, and queues nothing.
+    let lock = b.get_lock(&r).await.unwrap().unwrap();
+    assert_eq!(lock.owner.owner, "o/replay-w#1");
+    let req = LockRequest::new(r.clone(), "o/replay-w#2")
+        .with_wait(Duration::from_secs(20))
+        .with_request_id("rid-replay-w2");
+    let waiting = spawn(req.clone());
+    let started = Instant::now();
+    let id = loop {
+        if let Some(e) = b.get_queue_status(&r).await.unwrap().entries.first() {
+            break e.entry.entry_id.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    b.cancel_queue_entry(&id, Some(&r)).await.unwrap();
+    let answer = waiting.await.unwrap().unwrap();
+    assert_eq!(answer.reason, Some(NotAcquiredReason::Cancelled));
+    let again = tokio::time::timeout(Duration::from_secs(2), b.try_lock(req))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert_eq!(
+        again.reason,
+        Some(NotAcquiredReason::Cancelled),
+        "{again:?}"
+    );
+    assert!(b.get_queue_status(&r).await.unwrap().entries.is_empty());
+}
