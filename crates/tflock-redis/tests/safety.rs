@@ -27,12 +27,12 @@ async fn backend_with(config: RedisConfig, settings: LockSettings) -> Arc<RedisB
         .expect("connect")
 }
 
-async fn backend() -> Arc<RedisBackend> {
+/// A backend on a fresh key prefix of a shared deployment (`common::standalone`,
+/// `common::cluster`).
+async fn backend(base: fn() -> RedisConfig) -> Arc<RedisBackend> {
     let config = RedisConfig {
         key_prefix: common::fresh_prefix(),
-        ..tokio::task::spawn_blocking(common::standalone)
-            .await
-            .unwrap()
+        ..tokio::task::spawn_blocking(base).await.unwrap()
     };
     backend_with(config, LockSettings::default()).await
 }
@@ -49,11 +49,43 @@ fn reservation(r: &Resource, owner: &str) -> LockRequest {
     req
 }
 
+/// The topology-independent cases, on standalone and on a Cluster with replicas.
+macro_rules! on_topologies {
+    ($($case:ident),* $(,)?) => {
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::common::standalone).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::common::cluster).await
+                }
+            )*
+        }
+    };
+}
+
+on_topologies!(
+    empty_or_malformed_lease_never_forces,
+    force_unlock_checks_expected_token,
+    cancel_checks_expected_resource,
+    replay_of_an_ended_lease_is_lease_lost,
+    replay_of_a_reservation_answers_its_entry_now,
+    relock_needs_the_lease_or_the_grants_request_id,
+    request_ids_are_never_shown,
+    waiting_retry_joins_the_first_calls_entry,
+);
+
 // ---- 4: an empty or malformed lease id is refused before anything is sent ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn empty_or_malformed_lease_never_forces() {
-    let b = backend().await;
+async fn empty_or_malformed_lease_never_forces(base: fn() -> RedisConfig) {
+    let b = backend(base).await;
     let r = resource("o/empty-lease");
     let lock = grant(&b, LockRequest::new(r.clone(), "holder")).await;
     for bad in [
@@ -104,9 +136,8 @@ async fn empty_or_malformed_lease_never_forces() {
 
 // ---- 5: force unlock's expected token, cancel's expected resource ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn force_unlock_checks_expected_token() {
-    let b = backend().await;
+async fn force_unlock_checks_expected_token(base: fn() -> RedisConfig) {
+    let b = backend(base).await;
     let r = resource("o/force-token");
     let lock = grant(&b, LockRequest::new(r.clone(), "holder")).await;
     let stale = FencingToken(lock.fencing_token.0 + 7);
@@ -130,9 +161,8 @@ async fn force_unlock_checks_expected_token() {
     assert_eq!(b.get_lock(&r).await.unwrap(), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_checks_expected_resource() {
-    let b = backend().await;
+async fn cancel_checks_expected_resource(base: fn() -> RedisConfig) {
+    let b = backend(base).await;
     let r = resource("o/cancel-here");
     let elsewhere = resource("o/cancel-elsewhere");
     let lock = grant(&b, LockRequest::new(r.clone(), "holder")).await;
@@ -162,9 +192,8 @@ async fn cancel_checks_expected_resource() {
 
 // ---- 1: replays answer from the present ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_of_an_ended_lease_is_lease_lost() {
-    let b = backend().await;
+async fn replay_of_an_ended_lease_is_lease_lost(base: fn() -> RedisConfig) {
+    let b = backend(base).await;
     let r = resource("o/replay");
     let req = LockRequest::new(r.clone(), "o/replay#1").with_request_id("rid-replay-1");
     let lock = grant(&b, req.clone()).await;
@@ -207,9 +236,8 @@ async fn replay_of_an_ended_lease_is_lease_lost() {
     assert_eq!(gone.lock.unwrap().lease_id, None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_of_a_reservation_answers_its_entry_now() {
-    let b = backend().await;
+async fn replay_of_a_reservation_answers_its_entry_now(base: fn() -> RedisConfig) {
+    let b = backend(base).await;
     let r = resource("o/replay-q");
     let holder = grant(&b, LockRequest::new(r.clone(), "holder")).await;
     let req = reservation(&r, "o/replay-q#1").with_request_id("rid-replay-q");
@@ -238,9 +266,8 @@ async fn replay_of_a_reservation_answers_its_entry_now() {
 
 // ---- 2: a re-lock needs proof ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relock_needs_the_lease_or_the_grants_request_id() {
-    let b = backend().await;
+async fn relock_needs_the_lease_or_the_grants_request_id(base: fn() -> RedisConfig) {
+    let b = backend(base).await;
     let r = resource("o/relock");
     let lock = grant(&b, LockRequest::new(r.clone(), "o/relock#1")).await;
 
@@ -278,9 +305,8 @@ async fn relock_needs_the_lease_or_the_grants_request_id() {
 
 // ---- 3: request ids are never shown ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_ids_are_never_shown() {
-    let b = backend().await;
+async fn request_ids_are_never_shown(base: fn() -> RedisConfig) {
+    let b = backend(base).await;
     let r = resource("o/secret-rid");
     grant(&b, LockRequest::new(r.clone(), "holder")).await;
     let req = reservation(&r, "o/secret-rid#7").with_request_id("rid-secret-1");
@@ -516,9 +542,8 @@ async fn waiter_cut_off_during_wait_frees_the_lock_within_claim_timeout() {
 
 // ---- 1: a retry of a call that still waits joins its entry ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_retry_joins_the_first_calls_entry() {
-    let b = backend().await;
+async fn waiting_retry_joins_the_first_calls_entry(base: fn() -> RedisConfig) {
+    let b = backend(base).await;
     let r = resource("o/replay-w");
     let holder = grant(&b, LockRequest::new(r.clone(), "holder")).await;
     let req = LockRequest::new(r.clone(), "o/replay-w#1")
