@@ -199,6 +199,11 @@ impl Env {
         }
     }
 
+    /// The running server's process id.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
     }

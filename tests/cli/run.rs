@@ -174,6 +174,79 @@ fn keep_running_on_lease_loss_only_warns() {
     assert!(err.contains("the command keeps running"), "{err}");
 }
 
+/// Freezes the server (SIGSTOP) and waits for the command to be stopped (it writes
+/// `term` on SIGTERM); answers when that happened, `None` when it did not within
+/// `ttl` + 10 s. The server is thawed (SIGCONT) before it returns.
+fn freeze_until_term(env: &Env, ttl: Duration) -> (Instant, Option<Instant>) {
+    let pid = env.server_pid().expect("a server");
+    signal(pid, libc::SIGSTOP);
+    // Every call the server answered was answered before this instant, so every
+    // lease it extended expires by `frozen + ttl` at the latest.
+    let frozen = Instant::now();
+    let mut term = None;
+    while frozen.elapsed() < ttl + Duration::from_secs(10) {
+        if env.path("term").exists() {
+            term = Some(Instant::now());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(pid, libc::SIGCONT);
+    (frozen, term)
+}
+
+const STOPPABLE: &str =
+    "trap 'touch term; exit 42' TERM; touch started; while :; do sleep 0.05; done";
+
+#[test]
+fn a_refresh_that_cannot_be_answered_stops_the_command_before_the_lease_can_expire() {
+    let mut env = Env::embedded();
+    env.start_server(&[], &[]);
+    let ttl = Duration::from_secs(3);
+    let mut run = spawn_run(&env, &["--ttl=3s"], STOPPABLE);
+    eventually("the command starts", || env.path("started").exists());
+    // Let a refresh or two go through first.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (frozen, term) = freeze_until_term(&env, ttl);
+    let err = read(&env.path("run.err"));
+    let term = term.unwrap_or_else(|| panic!("the command was never stopped:\n{err}"));
+    assert!(
+        term < frozen + ttl,
+        "stopped {:?} after the server froze, the lease may have expired after {ttl:?}:\n{err}",
+        term - frozen
+    );
+    assert_eq!(wait_exit(&mut run), 42, "{}", read(&env.path("run.err")));
+    let err = read(&env.path("run.err"));
+    assert!(err.contains("LEASE LOST"), "{err}");
+}
+
+/// The grant's reply comes late (the server is frozen while the acquire is in
+/// flight): the lease is counted from the send, so the first refresh is due at once
+/// and the command is still stopped in time when the server freezes again.
+#[test]
+fn a_late_grant_is_counted_from_the_send() {
+    let mut env = Env::embedded();
+    env.start_server(&[], &[]);
+    let ttl = Duration::from_secs(4);
+    let pid = env.server_pid().unwrap();
+    signal(pid, libc::SIGSTOP);
+    let spawned = Instant::now();
+    let mut run = spawn_run(&env, &["--ttl=4s"], STOPPABLE);
+    std::thread::sleep(Duration::from_millis(2500));
+    signal(pid, libc::SIGCONT);
+    eventually("the command starts", || env.path("started").exists());
+    let (frozen, term) = freeze_until_term(&env, ttl);
+    let err = read(&env.path("run.err"));
+    let term = term.unwrap_or_else(|| panic!("the command was never stopped:\n{err}"));
+    assert!(
+        term < frozen + ttl,
+        "stopped {:?} after the server froze ({:?} after the run started):\n{err}",
+        term - frozen,
+        term - spawned
+    );
+    assert_eq!(wait_exit(&mut run), 42, "{}", read(&env.path("run.err")));
+}
+
 #[test]
 fn run_without_a_command_is_a_usage_error() {
     let env = Env::embedded();

@@ -5,10 +5,15 @@
 //!    `max_timeout` is made of several waiting calls in a row).
 //! 2. Start the command with `TFLOCK_LOCK_KEY` and `TFLOCK_FENCING_TOKEN` in its
 //!    environment, and keep the lease refreshed (every TTL/3, at most every 10 s) while
-//!    it runs. A refresh that says the lease is gone, an event saying it ended, or a
-//!    lease that ran out while the backend could not be reached means the lease is
-//!    lost: tflock says so at once and stops the command (SIGTERM, SIGKILL 30 s later),
-//!    unless `--keep-running-on-lease-loss`.
+//!    it runs. The lease is counted from the moment the call that made or last
+//!    extended it was *sent* (the server's expiry is at least that plus the TTL; the
+//!    reply may come late), never from the reply. A refresh that says the lease is
+//!    gone, an event saying it ended, or a lease that is about to run out (send instant
+//!    + TTL - a margin of TTL/5, at most 10 s) without a refresh answered in time means
+//!    the lease is lost: tflock says so at once and stops the command (SIGTERM,
+//!    SIGKILL 30 s later), unless `--keep-running-on-lease-loss`. A grant that comes
+//!    out of a wait in the queue is refreshed once before the command starts, so its
+//!    count starts from a known send instant too.
 //! 3. SIGINT and SIGTERM sent to tflock are passed on to the command, and tflock waits
 //!    for it to exit. In an interactive terminal the command is in the terminal's
 //!    foreground process group and gets Ctrl-C from the terminal itself; tflock does
@@ -36,6 +41,10 @@ use crate::target::connect;
 
 /// Longest pause between two refreshes.
 const MAX_REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// Pause before retrying a refresh that failed.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Largest margin between stopping the command and the earliest possible expiry.
+const MAX_STOP_MARGIN: Duration = Duration::from_secs(10);
 /// How long a stopped command gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(30);
 
@@ -44,22 +53,24 @@ pub async fn run(global: &GlobalArgs, loaded: &Loaded, args: RunArgs) -> CliResu
     let target = connect(global, loaded).await?;
     let backend = target.backend();
     let result = async {
-        let Some(lock) = acquire(&backend, &args, &r).await? else {
+        let Some((lock, sent)) = acquire(&backend, &args, &r).await? else {
             return Ok(Exit::NotAcquired as u8);
         };
-        supervise(&backend, &args, lock).await
+        supervise(&backend, &args, lock, sent).await
     }
     .await;
     target.close().await;
     result
 }
 
-/// Takes the lock, waiting in line; `None` when not acquired (already said why).
+/// Takes the lock, waiting in line; `None` when not acquired (already said why). With
+/// the lock comes the instant the call that granted it was sent, or `None` when the
+/// grant came out of a wait (its start on the server is unknown).
 async fn acquire(
     backend: &SharedBackend,
     args: &RunArgs,
     r: &tflock_core::Resource,
-) -> CliResult<Option<Lock>> {
+) -> CliResult<Option<(Lock, Option<Instant>)>> {
     let request = LockRequest {
         resource: r.clone(),
         owner: owner(&args.owner, &r.repo),
@@ -70,9 +81,10 @@ async fn acquire(
         request_id: None,
         lease_id: None,
     };
+    let sent = Instant::now();
     let first = backend.try_lock(request.clone()).await?;
     if first.acquired {
-        return Ok(first.lock);
+        return Ok(first.lock.map(|l| (l, Some(sent))));
     }
     let wait = args.wait.unwrap_or(WaitSpec::Default);
     if let Some(holder) = &first.lock {
@@ -100,7 +112,7 @@ async fn acquire(
             })
             .await?;
         if resp.acquired {
-            return Ok(resp.lock);
+            return Ok(resp.lock.map(|l| (l, None)));
         }
         let more = deadline.is_some_and(|d| d > Instant::now() + Duration::from_secs(1));
         if resp.reason == Some(NotAcquiredReason::Timeout) && more {
@@ -127,7 +139,24 @@ enum Lost {
     Yes(String),
 }
 
-async fn supervise(backend: &SharedBackend, args: &RunArgs, lock: Lock) -> CliResult<u8> {
+/// How long before the lease can expire on the server the command is stopped.
+fn stop_margin(ttl: Duration) -> Duration {
+    (ttl / 5)
+        .clamp(Duration::from_millis(100), MAX_STOP_MARGIN)
+        .min(ttl / 2)
+}
+
+/// The instant to stop the command at when the lease is valid until `valid_until`.
+fn stop_at(valid_until: Instant, margin: Duration) -> Instant {
+    valid_until.checked_sub(margin).unwrap_or(valid_until)
+}
+
+async fn supervise(
+    backend: &SharedBackend,
+    args: &RunArgs,
+    lock: Lock,
+    sent: Option<Instant>,
+) -> CliResult<u8> {
     let r = lock.resource.clone();
     let lease = lock
         .lease_id
@@ -135,6 +164,32 @@ async fn supervise(backend: &SharedBackend, args: &RunArgs, lock: Lock) -> CliRe
         .ok_or_else(|| Failure::error("the grant carried no lease id"))?;
     let ttl = args.ttl.unwrap_or(lock.ttl);
     let refresh_every = (ttl / 3).clamp(Duration::from_millis(100), MAX_REFRESH_EVERY);
+    let margin = stop_margin(ttl);
+    // The earliest instant the lease can expire on the server: the send instant of the
+    // call that made or last extended it, plus the TTL.
+    let mut valid_until = match sent {
+        Some(sent) if Instant::now() < stop_at(sent + ttl, margin) => sent + ttl,
+        // Out of a wait, or a reply so late the lease may be about to expire: extend
+        // it once now, so the count starts from a known send instant.
+        _ => {
+            let sent = Instant::now();
+            match tokio::time::timeout(ttl, backend.refresh_lock(&r, &lease, ttl)).await {
+                Ok(Ok(_)) => sent + ttl,
+                Ok(Err(e)) => {
+                    return Err(Failure::error(format!(
+                        "the lease on {} was lost before the command could start: {e}",
+                        lock.key
+                    )));
+                }
+                Err(_) => {
+                    return Err(Failure::error(format!(
+                        "the lease on {} could not be extended within its TTL before the command started",
+                        lock.key
+                    )));
+                }
+            }
+        }
+    };
     eprintln!(
         "tflock: acquired {} (fencing token {}); running: {}",
         lock.key,
@@ -168,31 +223,51 @@ async fn supervise(backend: &SharedBackend, args: &RunArgs, lock: Lock) -> CliRe
     let pid = child.id().map(|p| p as i32);
 
     let mut events = backend.subscribe();
-    let mut tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut valid_until = Instant::now() + ttl;
+    // The next refresh is due `refresh_every` after the send instant the lease is
+    // counted from (not after a late reply), so a slow answer leaves no gap.
+    let mut next_refresh = (valid_until - ttl) + refresh_every;
     let mut lost_reported = false;
     let mut kill_at: Option<Instant> = None;
 
     let status = loop {
         let lost = tokio::select! {
             status = child.wait() => break status,
-            _ = tick.tick() => {
-                match backend.refresh_lock(&r, &lease, ttl).await {
-                    Ok(l) => {
-                        valid_until = Instant::now() + ttl;
+            _ = tokio::time::sleep_until(next_refresh.into()) => {
+                // Counted from the send, bounded by the stop instant: a refresh that
+                // hangs must not keep the command running past the lease.
+                let sent = Instant::now();
+                let call = backend.refresh_lock(&r, &lease, ttl);
+                let result = tokio::time::timeout_at(stop_at(valid_until, margin).into(), call).await;
+                if !matches!(result, Ok(Ok(_))) {
+                    next_refresh = Instant::now() + refresh_every.min(RETRY_EVERY);
+                }
+                match result {
+                    Ok(Ok(l)) => {
+                        valid_until = sent + ttl;
+                        next_refresh = sent + refresh_every;
                         tracing::debug!(expires = %l.expires_at, "lease refreshed");
                         Lost::No
                     }
-                    Err(RefreshError::LeaseLost) => Lost::Yes("the backend says the lease has expired or was taken over".into()),
-                    Err(e) if Instant::now() >= valid_until => Lost::Yes(format!("it ran out while the backend could not be reached ({e})")),
-                    Err(e) => {
-                        eprintln!("tflock: warning: could not refresh the lease (will retry; it is valid for {:.0}s more): {e}",
-                            valid_until.saturating_duration_since(Instant::now()).as_secs_f64());
+                    Ok(Err(RefreshError::LeaseLost)) => Lost::Yes("the backend says the lease has expired or was taken over".into()),
+                    Ok(Err(e)) if Instant::now() >= stop_at(valid_until, margin) => Lost::Yes(format!("it is about to run out and the backend could not be reached ({e})")),
+                    Ok(Err(e)) => {
+                        if !lost_reported {
+                            eprintln!("tflock: warning: could not refresh the lease (will retry; it is valid for {:.0}s more): {e}",
+                                valid_until.saturating_duration_since(Instant::now()).as_secs_f64());
+                        }
                         Lost::No
                     }
+                    Err(_) => Lost::Yes(format!(
+                        "the backend did not answer a refresh before the lease could expire (stopping {}ms before send + TTL)",
+                        margin.as_millis()
+                    )),
                 }
+            }
+            _ = tokio::time::sleep_until(stop_at(valid_until, margin).into()), if !lost_reported => {
+                Lost::Yes(format!(
+                    "it was not refreshed in time and may expire on the server within {}ms",
+                    margin.as_millis()
+                ))
             }
             ev = events.recv(), if !lost_reported => match ev {
                 Ok(ev) if ev.resource == r && ev.fencing_token == Some(lock.fencing_token) && matches!(
