@@ -661,3 +661,99 @@ fn a_store_held_by_a_process_without_a_server_is_explained() {
         "the address tried is not named: {err}"
     );
 }
+
+/// The real `tflock server` at trace level: no request id and no lease id in its log,
+/// whatever the calls did (grant, retry, reservation, waiter, cancel, release).
+#[test]
+fn the_server_never_logs_request_ids_or_lease_ids() {
+    let mut env = Env::embedded();
+    env.start_server(&[], &[("RUST_LOG", "trace")]);
+    let tag = std::process::id();
+    let holder_rid = format!("holder-rid-{tag}-c0ffee");
+    let reserve_rid = format!("reserve-rid-{tag}-beef01");
+    let wait_rid = format!("waiter-rid-{tag}-f00d02");
+    let t = T {
+        env: &env,
+        via: Via::Server,
+        backend: "embedded",
+    };
+    let a = with(&["locks", "acquire"], R);
+    let got = t.json(&args(&with(
+        &a,
+        &["--owner=myorg/myrepo#1", "--request-id", &holder_rid],
+    )));
+    let lease = got["lock"]["lease_id"].as_str().unwrap().to_string();
+    t.json(&args(&with(
+        &a,
+        &["--owner=myorg/myrepo#1", "--request-id", &holder_rid],
+    )));
+    let (out, _) = t.fails(
+        3,
+        &args(&with(
+            &a,
+            &[
+                "--owner=myorg/myrepo#2",
+                "--reserve",
+                "--request-id",
+                &reserve_rid,
+            ],
+        )),
+    );
+    let entry = out.trim().to_string();
+    let mut waiter = std::process::Command::new(crate::common::bin())
+        .current_dir(env.dir.path())
+        .env("TFLOCK_SERVER", env.base())
+        .args(args(&with(
+            &a,
+            &[
+                "--owner=myorg/myrepo#3",
+                "--wait=30s",
+                "--request-id",
+                &wait_rid,
+            ],
+        )))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::common::eventually("the waiter queues", || {
+        t.json(&args(&with(&["locks", "queue"], R)))["entries"]
+            .as_array()
+            .is_some_and(|e| e.len() == 2)
+    });
+    let shown = format!(
+        "{}{}",
+        t.ok(&args(&with(&["locks", "queue"], R))),
+        t.ok(&["locks", "user-queue", "--user", "tester"])
+    );
+    t.json(&["locks", "cancel", &entry, "--project=myorg/myrepo"]);
+    t.ok(&args(&with(
+        &["locks", "refresh"],
+        &[R[0], R[1], "--lease-id", &lease, "--ttl=1h"],
+    )));
+    t.ok(&args(&with(
+        &["locks", "unlock"],
+        &[R[0], R[1], "--lease-id", &lease],
+    )));
+    let deadline = std::time::Instant::now() + crate::common::SOON;
+    while waiter.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never got the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    env.stop_server();
+    let log = env.server_log();
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "{log}");
+    for secret in [&holder_rid, &reserve_rid, &wait_rid, &lease] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "{secret} is in the server log:\n{log}"
+        );
+        assert!(
+            !shown.contains(secret.as_str()),
+            "{secret} is shown:\n{shown}"
+        );
+    }
+}
