@@ -1,5 +1,5 @@
 //! [`HttpBackend`]: the [`Backend`] contract over the HTTP API
-//! (`shared/design/http-api.md`), so every CLI command runs the same code whether it
+//! (`docs/api.md`), so every CLI command runs the same code whether it
 //! talks to a server or opens a store directly.
 //!
 //! The API's error body (`{"error": {"code", "message", "field"}}`) is mapped back to

@@ -1,4 +1,4 @@
-//! The tflock HTTP server: the wire form (`shared/design/http-api.md`) of the locking
+//! The tflock HTTP server: the wire form (`docs/api.md`) of the locking
 //! contract over any [`tflock_core::Backend`].
 //!
 //! [`serve`] takes its listener and its shutdown future as arguments, so tests bind
