@@ -315,13 +315,13 @@ async fn one(backend: &SharedBackend, command: LocksCommand, out: Out) -> CliRes
                     ));
                 }
             };
-            if let (false, Some(p)) = (force, &lease_file) {
-                if let Err(e) = std::fs::remove_file(p) {
-                    eprintln!(
-                        "released, but could not remove --lease-file {}: {e}",
-                        p.display()
-                    );
-                }
+            if let (false, Some(p)) = (force, &lease_file)
+                && let Err(e) = std::fs::remove_file(p)
+            {
+                eprintln!(
+                    "released, but could not remove --lease-file {}: {e}",
+                    p.display()
+                );
             }
             out.emit(&resp, || {
                 let mut s = format!(

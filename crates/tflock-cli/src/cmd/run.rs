@@ -8,8 +8,9 @@
 //!    it runs. The lease is counted from the moment the call that made or last
 //!    extended it was *sent* (the server's expiry is at least that plus the TTL; the
 //!    reply may come late), never from the reply. A refresh that says the lease is
-//!    gone, an event saying it ended, or a lease that is about to run out (send instant
-//!    + TTL - a margin of TTL/5, at most 10 s) without a refresh answered in time means
+//!    gone, an event saying it ended, or a lease that is about to run out (the send
+//!    instant plus the TTL, less a margin of TTL/5, at most 10 s) with no refresh
+//!    answered in time means
 //!    the lease is lost: tflock says so at once and stops the command (SIGTERM,
 //!    SIGKILL 30 s later), unless `--keep-running-on-lease-loss`. A grant that comes
 //!    out of a wait in the queue is refreshed once before the command starts, so its
