@@ -96,7 +96,7 @@ macro_rules! __with_cases {
             unconfirmed_claim_passes_to_next_entry_after_claim_timeout,
             retry_with_request_id_claims_an_unconfirmed_grant,
             request_id_retry_gets_the_first_answer,
-            request_id_retry_replays_a_not_acquired_answer,
+            request_id_retry_of_a_held_answer_is_evaluated_again,
             // Unlock
             unlock_by_holder_frees_the_resource,
             unlock_with_a_wrong_lease_is_not_owner,
@@ -137,6 +137,17 @@ macro_rules! __with_cases {
             export_import_round_trip_is_lossless_and_idempotent,
             import_never_lowers_a_token,
             import_reports_conflicts_and_dry_run_changes_nothing,
+            // Safety (owner is no credential, replays answer from the present, lease
+            // ids checked, admin actions on what the admin saw, request ids secret)
+            empty_or_malformed_lease_never_forces,
+            force_unlock_checks_expected_token,
+            cancel_checks_expected_resource,
+            replay_of_an_ended_lease_is_lease_lost,
+            replay_after_force_unlock_expiry_or_pull_unlock_is_lease_lost,
+            replay_of_a_reservation_answers_its_entry_now,
+            relock_needs_the_lease_or_the_grants_request_id,
+            owner_string_alone_can_neither_release_nor_transfer,
+            request_ids_are_never_shown,
         ] }
     };
 }

@@ -105,6 +105,11 @@ pub fn request_as(resource: &Resource, owner: Owner) -> LockRequest {
 }
 
 /// The lease id of a lock answered to its holder.
+/// The request id [`Fixture::reserve`] gives a reservation of `owner` that had none.
+pub fn reservation_request_id(owner: &str) -> String {
+    format!("rsv-{owner}")
+}
+
 pub fn lease(lock: &Lock) -> LeaseId {
     lock.lease_id.clone().unwrap_or_else(|| {
         panic!(
@@ -401,8 +406,13 @@ impl Fixture {
     }
 
     /// Makes a reservation that must be queued; advances the clock by [`TICK`].
+    /// A reservation without a request id gets `rsv-{owner}`: the secret its owner
+    /// collects the grant with ([`reservation_request_id`]).
     pub async fn reserve(&self, req: LockRequest) -> QueuePlacement {
-        let req = req.reserving();
+        let mut req = req.reserving();
+        if req.request_id.is_none() {
+            req.request_id = Some(reservation_request_id(&req.owner.owner));
+        }
         let what = format!("reservation of {} by {}", req.resource, req.owner.owner);
         let answer = self.backend.try_lock(req).await;
         let placement = match answer {

@@ -501,6 +501,9 @@ impl Backend for EmbeddedBackend {
         resource: &Resource,
         lease_id: &LeaseId,
     ) -> Result<UnlockResponse, UnlockError> {
+        // An empty or malformed lease id is nobody's (never a force): refused here,
+        // before the store is touched.
+        lease_id.check("lease_id")?;
         let resource = resource.clone().validate("resource")?;
         let key = resource.storage_key();
         let r = self
@@ -610,6 +613,7 @@ impl Backend for EmbeddedBackend {
         lease_id: &LeaseId,
         ttl: Duration,
     ) -> Result<Lock, RefreshError> {
+        lease_id.check("lease_id")?;
         let resource = resource.clone().validate("resource")?;
         let ttl = self.settings.resolve_ttl(Some(ttl))?;
         let key = resource.storage_key();
@@ -627,6 +631,9 @@ impl Backend for EmbeddedBackend {
         auth: TransferAuth,
         to: Owner,
     ) -> Result<Lock, TransferError> {
+        if let TransferAuth::Lease(lease) = &auth {
+            lease.check("lease_id")?;
+        }
         let resource = resource.clone().validate("resource")?;
         let to = to.validate("to")?;
         let key = resource.storage_key();

@@ -353,7 +353,7 @@ impl State {
             ),
             position: 1,
             waited: ctx.now.since(entry.enqueued_at),
-            entry: entry.clone(),
+            entry: entry.clone().public(),
         };
         self.handoffs += 1;
         match entry.kind {
@@ -472,34 +472,79 @@ impl State {
         self.settle(&key, ctx);
         let now = ctx.now;
 
-        // A retry of a request that was already answered gets the same answer; one
-        // whose grant is still in its claim window takes the grant over.
+        // A retry (same owner, same request id) is answered from the present
+        // (contract rule 8): the live lease it made, its entry still waiting, or
+        // `lease_lost` (or the outcome it had); never a lease that has ended. Such an
+        // answer changes nothing. A call answered "held" without a place in line made
+        // nothing, so its retry is evaluated like a new request.
         if let Some(rid) = &req.request_id {
-            let akey = answer_key(&req.owner.owner, rid);
-            if let Some(ans) = self.answers.get(&akey) {
-                let mut response = ans.response.clone();
-                if let Some(lock) = response.lock.as_ref().filter(|_| response.acquired) {
-                    // Show the lease as it is now, if it is still this caller's.
-                    if let Some(cur) = self.lock(&key).filter(|c| c.lease_id == lock.lease_id) {
-                        response.lock = Some(cur.clone());
-                    }
-                }
-                return Decision::Answer(Box::new(response));
-            }
-            let pending = self
+            let current = self.lock(&key).cloned();
+            let live_grant = self
                 .resources
                 .get(&key)
                 .and_then(|r| r.lock.as_ref())
                 .is_some_and(|l| {
                     l.request_id.as_deref() == Some(rid.as_str())
                         && l.lock.owner.owner == req.owner.owner
+                        && l.entry_id.is_none()
                 });
-            if pending {
-                let entry = self.resources[&key]
-                    .lock
-                    .as_ref()
-                    .and_then(|l| l.entry_id.clone());
-                if let Some(lock) = entry.and_then(|e| self.confirm(&key, &e, now)) {
+            let akey = answer_key(&req.owner.owner, rid);
+            if let Some(ans) = self.answers.get(&akey).map(|a| a.response.clone()) {
+                if ans.acquired {
+                    let lease = ans.lock.as_ref().and_then(|l| l.lease_id.as_ref());
+                    return Decision::Answer(Box::new(match current {
+                        Some(cur) if lease.is_some_and(|l| cur.held_by(l)) => {
+                            LockResponse::granted(cur)
+                        }
+                        cur => LockResponse::not_acquired(cur, NotAcquiredReason::LeaseLost),
+                    }));
+                }
+                if let Some(placed) = ans.queue {
+                    if self
+                        .entry_index
+                        .get(&placed.entry_id)
+                        .is_some_and(|k| *k == key)
+                    {
+                        let position = self.position(&key, &placed.entry_id, ctx);
+                        return Decision::Answer(Box::new(LockResponse {
+                            acquired: false,
+                            lock: current.map(|c| c.public()),
+                            queue: Some(QueuePlacement {
+                                entry_id: placed.entry_id,
+                                position,
+                            }),
+                            reason: Some(NotAcquiredReason::Held),
+                        }));
+                    }
+                    if live_grant {
+                        return Decision::Answer(Box::new(LockResponse::granted(
+                            current.expect("a live grant"),
+                        )));
+                    }
+                    return Decision::Answer(Box::new(LockResponse::not_acquired(
+                        current,
+                        NotAcquiredReason::LeaseLost,
+                    )));
+                }
+                if let Some(reason @ (NotAcquiredReason::Timeout | NotAcquiredReason::Cancelled)) =
+                    ans.reason
+                {
+                    return Decision::Answer(Box::new(LockResponse::not_acquired(current, reason)));
+                }
+            }
+            let pending = self
+                .resources
+                .get(&key)
+                .and_then(|r| r.lock.as_ref())
+                .filter(|l| {
+                    l.request_id.as_deref() == Some(rid.as_str())
+                        && l.lock.owner.owner == req.owner.owner
+                })
+                .and_then(|l| l.entry_id.clone());
+            if let Some(entry) = pending {
+                // Its waiter's grant is still in the claim window: the retry takes it
+                // over.
+                if let Some(lock) = self.confirm(&key, &entry, now) {
                     let response = LockResponse::granted(lock);
                     self.remember(req, &response, ctx);
                     return Decision::Answer(Box::new(response));
@@ -533,7 +578,23 @@ impl State {
             }
             Some(cur) if cur.owner.owner == req.owner.owner => {
                 // Re-lock by the holder (Atlantis re-plans): same lease and token, expiry
-                // pushed out, an unconfirmed claim confirmed.
+                // pushed out, an unconfirmed claim confirmed. Owner strings are public,
+                // so only the lease id or the grant's request id proves holding it
+                // (contract rule 2); without proof, no lease and no queue entry.
+                let proven = req.lease_id.as_ref().is_some_and(|l| cur.held_by(l))
+                    || req.request_id.as_ref().is_some_and(|rid| {
+                        self.resources[&key]
+                            .lock
+                            .as_ref()
+                            .and_then(|l| l.request_id.as_deref())
+                            == Some(rid.as_str())
+                    });
+                if !proven {
+                    return Decision::Answer(Box::new(LockResponse::not_acquired(
+                        Some(cur),
+                        NotAcquiredReason::HeldByOwner,
+                    )));
+                }
                 let rec = self.resources.get_mut(&key).expect("held");
                 let l = rec.lock.as_mut().expect("held");
                 l.lock.expires_at = l.lock.expires_at.max(now.add(ttl));

@@ -290,7 +290,7 @@ pub async fn fencing_tokens_strictly_increase<H: Harness + ?Sized>(harness: &H) 
 
     let a = fx.lock(request(&r, "a")).await;
     check("first grant", a.fencing_token);
-    let again = fx.lock(request(&r, "a")).await;
+    let again = fx.lock(request(&r, "a").with_lease_id(lease(&a))).await;
     assert_eq!(
         again.fencing_token, a.fencing_token,
         "a re-lock keeps its token"

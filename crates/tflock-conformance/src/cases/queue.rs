@@ -26,7 +26,9 @@ async fn hand_to_reservation(fx: &Fixture, current: &Lock, next: &str) -> Lock {
         fx.holder_name(&current.resource).await.as_deref(),
         Some(next)
     );
-    fx.lock(request(&current.resource, next)).await
+    // Owner strings prove nothing: the reservation's request id collects the grant.
+    fx.lock(request(&current.resource, next).with_request_id(reservation_request_id(next)))
+        .await
 }
 
 /// Grant order: highest priority first, then first come first served.
@@ -361,24 +363,36 @@ pub async fn request_id_retry_gets_the_first_answer<H: Harness + ?Sized>(harness
     );
 }
 
-/// `request_id`: a retry is answered as the first call was even when the first answer
-/// was "not acquired" and the lock has become free since: the retry grants nothing.
-pub async fn request_id_retry_replays_a_not_acquired_answer<H: Harness + ?Sized>(harness: &H) {
+/// Rule 8: a call answered `held` without a place in line made nothing, so its retry
+/// is evaluated like a new request: once the lock is free it is granted, exactly once,
+/// and a further retry is answered with that live grant.
+pub async fn request_id_retry_of_a_held_answer_is_evaluated_again<H: Harness + ?Sized>(
+    harness: &H,
+) {
     let fx = Fixture::default(harness).await;
     let r = resource("o/r");
     let holder = fx.lock(request(&r, "a")).await;
     let req = request(&r, "b").with_request_id("b-1");
     let first = expect_not_acquired("b's first call", fx.backend.try_lock(req.clone()).await);
     assert_eq!(first.reason, Some(NotAcquiredReason::Held));
+    let retry = expect_not_acquired(
+        "b's retry while a holds",
+        fx.backend.try_lock(req.clone()).await,
+    );
+    assert_eq!(retry.reason, Some(NotAcquiredReason::Held));
+    assert!(fx.queue(&r).await.is_empty(), "a plain retry never queues");
     fx.unlock(&holder).await;
 
-    let retry = expect_not_acquired("b's retry", fx.backend.try_lock(req).await);
-    assert_eq!(retry, first, "the retry is answered as the first call was");
+    let granted = fx.lock(req.clone()).await;
+    let again = fx.lock(req).await;
     assert_eq!(
-        retry.reason,
-        Some(NotAcquiredReason::Held),
-        "the first answer"
+        lease(&again),
+        lease(&granted),
+        "the retry gets the live grant"
     );
-    assert_eq!(fx.holder(&r).await, None, "the retry made a grant");
-    fx.lock(request(&r, "b").with_request_id("b-2")).await;
+    assert_eq!(
+        again.fencing_token, granted.fencing_token,
+        "one grant, not two"
+    );
+    assert_eq!(fx.all_locks().await.len(), 1);
 }

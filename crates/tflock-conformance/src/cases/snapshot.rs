@@ -29,7 +29,8 @@ pub async fn export_import_round_trip_is_lossless_and_idempotent<H: Harness + ?S
         .await;
     // A resource locked and freed again: only its token remains.
     let lf = fx.lock(request(&freed, "tmp")).await;
-    fx.lock(request(&freed, "tmp")).await;
+    fx.lock(request(&freed, "tmp").with_lease_id(lease(&lf)))
+        .await;
     fx.unlock(&lf).await;
 
     let snapshot = fx.backend.export().await.expect("export");

@@ -150,7 +150,11 @@ pub async fn relock_by_the_same_owner_keeps_lease_and_token<H: Harness + ?Sized>
 
     fx.advance(Duration::from_secs(10));
     let again = fx
-        .lock(request(&r, "o/r#1").with_ttl(Duration::from_secs(120)))
+        .lock(
+            request(&r, "o/r#1")
+                .with_ttl(Duration::from_secs(120))
+                .with_lease_id(lease(&first)),
+        )
         .await;
     assert_eq!(lease(&again), lease(&first), "a re-lock keeps the lease id");
     assert_eq!(
@@ -162,7 +166,11 @@ pub async fn relock_by_the_same_owner_keeps_lease_and_token<H: Harness + ?Sized>
 
     fx.advance(Duration::from_secs(10));
     let short = fx
-        .lock(request(&r, "o/r#1").with_ttl(Duration::from_secs(1)))
+        .lock(
+            request(&r, "o/r#1")
+                .with_ttl(Duration::from_secs(1))
+                .with_lease_id(lease(&first)),
+        )
         .await;
     assert_eq!(lease(&short), lease(&first));
     assert_eq!(short.fencing_token, first.fencing_token);
@@ -401,8 +409,9 @@ pub async fn reservation_returns_at_once_with_its_place<H: Harness + ?Sized>(har
 }
 
 /// Rule 5: when the holder unlocks, the reservation's owner holds the lock with its
-/// full TTL (no claim window) and `queue.granted` is emitted; a re-lock by that owner
-/// then hands it the lease.
+/// full TTL (no claim window) and `queue.granted` is emitted; the owner collects the
+/// lease with the reservation's request id (its owner string alone gets
+/// `held_by_owner`).
 pub async fn reservation_is_granted_with_its_full_ttl_on_release<H: Harness + ?Sized>(harness: &H) {
     let fx = Fixture::default(harness).await;
     let r = resource("o/r");
@@ -442,7 +451,20 @@ pub async fn reservation_is_granted_with_its_full_ttl_on_release<H: Harness + ?S
     assert_eq!(event.owner, "o/r#2");
     assert_eq!(event.fencing_token, Some(held.fencing_token));
 
-    let mine = fx.lock(request(&r, "o/r#2").with_ttl(ttl)).await;
+    let nameless = expect_not_acquired(
+        "a re-lock that only names the reservation's owner",
+        fx.backend
+            .try_lock(request(&r, "o/r#2").with_ttl(ttl))
+            .await,
+    );
+    assert_eq!(nameless.reason, Some(NotAcquiredReason::HeldByOwner));
+    let mine = fx
+        .lock(
+            request(&r, "o/r#2")
+                .with_ttl(ttl)
+                .with_request_id(reservation_request_id("o/r#2")),
+        )
+        .await;
     assert_eq!(
         mine.fencing_token, held.fencing_token,
         "the granted lease, not a new one"
