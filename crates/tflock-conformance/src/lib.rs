@@ -148,6 +148,15 @@ macro_rules! __with_cases {
             relock_needs_the_lease_or_the_grants_request_id,
             owner_string_alone_can_neither_release_nor_transfer,
             request_ids_are_never_shown,
+            replay_of_live_grant_returns_it,
+            relock_with_grant_request_id_extends,
+            relock_with_lease_id_extends,
+            replay_of_waiting_waiter_keeps_one_entry,
+            replay_of_timed_out_or_cancelled_waiter_grants_nothing,
+            force_unlock_with_expected_token_after_hand_off_is_changed,
+            malformed_lease_id_is_invalid,
+            request_id_never_in_views,
+            waiter_dropped_at_its_grant_frees_the_lock_within_claim_timeout,
         ] }
     };
 }
@@ -213,6 +222,8 @@ mod tests {
             include_str!("cases/validation.rs"),
             include_str!("cases/events.rs"),
             include_str!("cases/snapshot.rs"),
+            include_str!("cases/safety.rs"),
+            include_str!("cases/safety_more.rs"),
         ];
         let mut defined: Vec<&str> = sources
             .iter()
