@@ -5,6 +5,22 @@
 //! a dead store; after `reset_timeout` the next call finds it half-open. Half-open: at
 //! most `half_open_max_requests` probes pass at a time; one success closes it, one
 //! failure opens it again. Every transition is logged and counted.
+//!
+//! # Permits give their slot back exactly once
+//!
+//! A call holds a [`Permit`] while it runs. In half-open the permit is one of the
+//! `half_open_max_requests` probe slots, so a slot that is never returned is a breaker
+//! that refuses every call until a health check happens to change its state. Calls are
+//! futures and futures get dropped (the caller went away, `tokio::time::timeout` fired,
+//! the task was aborted), so returning the slot cannot rely on the caller reaching a
+//! `record` line: the permit borrows its breaker and returns its slot in `Drop`.
+//! [`Permit::record`] (an outcome) and [`Permit::release`] (no outcome) consume it and
+//! do the same, so every path (success, failure, unused, dropped) returns the slot
+//! once. A dropped call counts as neither success nor failure: nothing is known about
+//! the backend. Each half-open period has its own generation, and a probe permit only
+//! frees a slot of the period it was taken in: a probe that outlives its period (the
+//! breaker reopened and went half-open again meanwhile) cannot free a slot of the new
+//! one and let more than `half_open_max_requests` probes through.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -64,6 +80,8 @@ struct Inner {
     consecutive_failures: u32,
     opened_at: Timestamp,
     probes_in_flight: u32,
+    /// Counts half-open periods; a probe permit carries the one it was taken in.
+    half_open_generation: u64,
     transitions: u64,
 }
 
@@ -75,12 +93,61 @@ pub struct CircuitBreaker {
     inner: Mutex<Inner>,
 }
 
-/// Permission to make one call; report its outcome with
-/// [`CircuitBreaker::record`]. Dropping it unreported counts as neither.
+/// Permission to make one call; report its outcome with [`Permit::record`] (or
+/// [`CircuitBreaker::record`]). Dropping it unreported, e.g. because the call's future
+/// was dropped, counts as neither outcome and gives a half-open probe slot back.
 #[derive(Debug)]
-#[must_use = "report the call's outcome with CircuitBreaker::record"]
-pub struct Permit {
-    probe: bool,
+#[must_use = "report the call's outcome with Permit::record"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    /// `Some(generation)` for a half-open probe holding a slot; taken (set to `None`)
+    /// when the slot is returned, so it is returned once.
+    probe: Option<u64>,
+}
+
+impl Permit<'_> {
+    /// Whether this permit holds a half-open probe slot.
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// Reports the call's outcome: `true` when the backend answered (any answer that
+    /// is not a backend failure counts as success). Returns the probe slot.
+    pub fn record(mut self, success: bool) {
+        let breaker = self.breaker;
+        let mut inner = breaker.lock();
+        let probe = self.give_back(&mut inner);
+        breaker.outcome(&mut inner, success, probe);
+    }
+
+    /// Gives the permit back without an outcome (a probe slot is freed). The same as
+    /// dropping it.
+    pub fn release(self) {
+        drop(self);
+    }
+
+    /// Frees the probe slot if this permit still holds one; true if it was a probe.
+    fn give_back(&mut self, inner: &mut Inner) -> bool {
+        match self.probe.take() {
+            Some(generation) => {
+                if inner.state == BreakerState::HalfOpen && inner.half_open_generation == generation
+                {
+                    inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe.is_some() {
+            let mut inner = self.breaker.lock();
+            self.give_back(&mut inner);
+        }
+    }
 }
 
 /// The breaker refused the call.
@@ -101,6 +168,7 @@ impl CircuitBreaker {
                 consecutive_failures: 0,
                 opened_at: Timestamp::ZERO,
                 probes_in_flight: 0,
+                half_open_generation: 0,
                 transitions: 0,
             }),
         }
@@ -153,16 +221,20 @@ impl CircuitBreaker {
             && self.clock.now() >= inner.opened_at.add(self.settings.reset_timeout)
         {
             inner.probes_in_flight = 0;
+            inner.half_open_generation += 1;
             self.set(inner, BreakerState::HalfOpen, "reset timeout passed");
         }
     }
 
     /// Asks to make a call.
-    pub fn try_acquire(&self) -> Result<Permit, Rejected> {
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         let mut inner = self.lock();
         self.advance(&mut inner);
         match inner.state {
-            BreakerState::Closed => Ok(Permit { probe: false }),
+            BreakerState::Closed => Ok(Permit {
+                breaker: self,
+                probe: None,
+            }),
             BreakerState::Open => {
                 let until = inner.opened_at.add(self.settings.reset_timeout);
                 Err(Rejected {
@@ -178,28 +250,33 @@ impl CircuitBreaker {
                     })
                 } else {
                     inner.probes_in_flight += 1;
-                    Ok(Permit { probe: true })
+                    Ok(Permit {
+                        breaker: self,
+                        probe: Some(inner.half_open_generation),
+                    })
                 }
             }
         }
     }
 
     /// Reports a call's outcome: `true` when the backend answered (any answer that is
-    /// not a backend failure counts as success).
-    pub fn record(&self, permit: Permit, success: bool) {
-        let mut inner = self.lock();
-        if permit.probe {
-            inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
-        }
-        self.outcome(&mut inner, success, permit.probe);
+    /// not a backend failure counts as success). The same as [`Permit::record`].
+    pub fn record(&self, permit: Permit<'_>, success: bool) {
+        debug_assert!(
+            std::ptr::eq(self, permit.breaker),
+            "a permit of another breaker"
+        );
+        permit.record(success);
     }
 
-    /// Gives a permit back without an outcome (a probe slot is freed).
-    pub(crate) fn release(&self, permit: Permit) {
-        if permit.probe {
-            let mut inner = self.lock();
-            inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
-        }
+    /// Gives a permit back without an outcome (a probe slot is freed). The same as
+    /// dropping it.
+    pub fn release(&self, permit: Permit<'_>) {
+        debug_assert!(
+            std::ptr::eq(self, permit.breaker),
+            "a permit of another breaker"
+        );
+        permit.release();
     }
 
     /// Reports a health check's outcome (it does not need a permit: checks must run
@@ -318,6 +395,81 @@ mod tests {
         let p2 = b.try_acquire().unwrap();
         assert_eq!(b.try_acquire().unwrap_err().state, BreakerState::HalfOpen);
         drop((p1, p2));
+    }
+
+    #[test]
+    fn dropped_half_open_permits_give_their_probe_slots_back() {
+        let (b, clock) = breaker();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        clock.advance(Duration::from_secs(30));
+        // Both probe slots taken, then the calls are dropped (cancelled) unreported.
+        let p1 = b.try_acquire().unwrap();
+        let p2 = b.try_acquire().unwrap();
+        assert_eq!(b.try_acquire().unwrap_err().state, BreakerState::HalfOpen);
+        drop(p1);
+        drop(p2);
+        // Neither outcome: still half-open, and both slots are free again.
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let p3 = b.try_acquire().expect("a slot freed by a dropped permit");
+        let p4 = b
+            .try_acquire()
+            .expect("the other slot freed by a dropped permit");
+        assert!(b.try_acquire().is_err());
+        drop(p3);
+        b.record(p4, true);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_probe_from_an_earlier_half_open_period_frees_no_slot_of_the_next() {
+        let (b, clock) = breaker();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        clock.advance(Duration::from_secs(30));
+        let old = b.try_acquire().unwrap();
+        // Another probe fails: open again, then half-open again with fresh slots.
+        let p = b.try_acquire().unwrap();
+        b.record(p, false);
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(30));
+        let n1 = b.try_acquire().unwrap();
+        let n2 = b.try_acquire().unwrap();
+        // The old probe ends now: it must not free one of the new period's slots.
+        drop(old);
+        assert_eq!(b.try_acquire().unwrap_err().state, BreakerState::HalfOpen);
+        n1.release();
+        let n3 = b.try_acquire().expect("n1's slot");
+        drop((n2, n3));
+    }
+
+    #[test]
+    fn every_path_returns_the_slot_once() {
+        let (b, clock) = breaker();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        clock.advance(Duration::from_secs(30));
+        // Unused (released), dropped, and a closed-state permit: none frees more than
+        // its own slot.
+        let p1 = b.try_acquire().unwrap();
+        let p2 = b.try_acquire().unwrap();
+        assert!(p1.is_probe() && p2.is_probe());
+        b.release(p1);
+        drop(p2);
+        let p3 = b.try_acquire().unwrap();
+        let p4 = b.try_acquire().unwrap();
+        assert!(b.try_acquire().is_err());
+        // A success closes it; the other probe's later drop changes nothing.
+        p3.record(true);
+        assert_eq!(b.state(), BreakerState::Closed);
+        drop(p4);
+        let c = b.try_acquire().unwrap();
+        assert!(!c.is_probe());
+        drop(c);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Health {
         match self.breaker.try_acquire() {
             Ok(p) => {
                 // Only asked, not used: give the probe slot back.
-                self.breaker.record_unused(p);
+                p.release();
                 None
             }
             Err(r) => Some(r.retry_after),
@@ -163,8 +163,8 @@ impl Health {
 }
 
 impl CircuitBreaker {
-    /// Returns a permit without reporting an outcome.
-    pub fn record_unused(&self, permit: crate::breaker::Permit) {
+    /// Returns a permit without reporting an outcome (the same as dropping it).
+    pub fn record_unused(&self, permit: crate::breaker::Permit<'_>) {
         self.release(permit);
     }
 }
@@ -213,6 +213,9 @@ impl GuardedBackend {
         F: Future<Output = Result<T, E>>,
         E: From<BackendError> + Coded,
     {
+        // The permit lives in this future: if the future is dropped before the call
+        // ends (caller cancelled, timeout), dropping the permit gives its probe slot
+        // back (see `breaker`), and the call counts as neither outcome.
         let permit = match self.health.breaker.try_acquire() {
             Ok(p) => p,
             Err(r) => {
@@ -232,7 +235,7 @@ impl GuardedBackend {
             code,
             Some(ErrorCode::BackendUnavailable | ErrorCode::Internal)
         );
-        self.health.breaker.record(permit, !failed);
+        permit.record(!failed);
         if let (Some(w), Some(start)) = (&self.health.window, start) {
             let elapsed = start.elapsed();
             if timed {
