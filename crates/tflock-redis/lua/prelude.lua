@@ -66,6 +66,12 @@ local function k_lane(p, sk) return P .. 'q' .. p .. ':' .. sk end
 local function k_entries(sk) return P .. 'entries:' .. sk end
 local function k_wake(id) return P .. 'wake:' .. id end
 
+-- A waiter's confirmation records the entry (`cent`) and the claim's expiry (`cexp`)
+-- in the lock, until the lease reaches someone else's hands (a refresh, re-lock,
+-- transfer or replay by the lease or request id): if the waiter's caller went away
+-- before it got the answer, abandon.lua undoes the confirmation.
+local function delivered(sk) redis.call('HDEL', k_lock(sk), 'cent', 'cexp') end
+
 -- A fresh id: hex of sha1(seed, counter). The seed is 128 random bits from the
 -- client, so ids are as unguessable as the seed; one seed serves every id one call
 -- makes (a sweep may hand off many locks).

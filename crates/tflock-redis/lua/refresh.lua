@@ -18,4 +18,5 @@ l.claim = '0'
 l.entry = ''
 redis.call('HSET', k_lock(sk), 'expires', l.expires, 'ttl', l.ttl, 'claim', '0', 'entry', '')
 redis.call('ZADD', K_DUE, l.expires, sk)
+delivered(sk)
 return reply({ r = 'ok', lock = lock_view(sk, l, true) })

@@ -38,5 +38,6 @@ redis.call('HSET', k_lock(sk),
   'lease', l.lease, 'acquired', l.acquired, 'expires', l.expires, 'claim', '0',
   'entry', '', 'rid', '')
 redis.call('ZADD', K_DUE, l.expires, sk)
+delivered(sk)
 emit('lock.transferred', sk, l.owner, l.token, nil)
 return reply({ r = 'ok', lock = lock_view(sk, l, true) })

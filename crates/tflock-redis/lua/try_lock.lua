@@ -65,12 +65,35 @@ local function live_grant() return cur and cur.rid == rid and cur.owner == who.o
 -- queue entry is simply evaluated again. A retry whose grant is still in its claim
 -- window takes the grant over.
 if rid ~= '' then
-  local stored = redis.call('HGET', K_ANS, who.owner .. SEP .. rid)
+  -- A grant still in its claim window (or given back to it by abandon.lua) is
+  -- this request's: a retry takes it over.
+  if cur and cur.rid == rid and cur.owner == who.owner and cur.entry ~= '' then
+    if cur.claim == '1' then
+      cur.claim = '0'
+      cur.expires = fmt(NOW + tonumber(cur.ttl))
+    end
+    redis.call('HSET', k_lock(sk), 'claim', '0', 'expires', cur.expires, 'entry', '')
+    delivered(sk)
+    redis.call('ZADD', K_DUE, cur.expires, sk)
+    redis.call('DEL', k_wake(cur.entry))
+    cur.entry = ''
+    return answer({ acq = true, lock = lock_view(sk, cur, true) }, true)
+  end
+  local akey = who.owner .. SEP .. rid
+  local stored = redis.call('HGET', K_ANS, akey)
+  -- An answer past request_id_retention is forgotten even before the sweeper
+  -- removes it: the request id is then the proof of a re-lock (rule 2).
+  if stored and tonumber(redis.call('ZSCORE', K_ANSDUE, akey) or '0') <= NOW then
+    redis.call('HDEL', K_ANS, akey)
+    redis.call('ZREM', K_ANSDUE, akey)
+    stored = nil
+  end
   if stored then
     local a = cjson.decode(stored)
     if a.acq then
       local lease = a.lock and a.lock.lease or ''
       if cur and lease ~= '' and cur.lease == lease then
+        delivered(sk)
         return now_answer({ acq = true, lock = lock_view(sk, cur, true) })
       end
       return lost()
@@ -81,7 +104,10 @@ if rid ~= '' then
           q = { id = a.q.id, pos = position(sk, a.q.id) },
         })
       end
-      if live_grant() then return now_answer({ acq = true, lock = lock_view(sk, cur, true) }) end
+      if live_grant() then
+        delivered(sk)
+        return now_answer({ acq = true, lock = lock_view(sk, cur, true) })
+      end
       return lost()
     elseif a.reason == 'timeout' or a.reason == 'cancelled' then
       return now_answer({ acq = false, lock = public_now(), reason = a.reason })
@@ -96,17 +122,6 @@ if rid ~= '' then
         acq = false, lock = public_now(), reason = 'held', q = { id = e.id, pos = position(sk, e.id) },
       })
     end
-  end
-  if cur and cur.rid == rid and cur.owner == who.owner and cur.entry ~= '' then
-    if cur.claim == '1' then
-      cur.claim = '0'
-      cur.expires = fmt(NOW + tonumber(cur.ttl))
-    end
-    redis.call('HSET', k_lock(sk), 'claim', '0', 'expires', cur.expires, 'entry', '')
-    redis.call('ZADD', K_DUE, cur.expires, sk)
-    redis.call('DEL', k_wake(cur.entry))
-    cur.entry = ''
-    return answer({ acq = true, lock = lock_view(sk, cur, true) }, true)
   end
 end
 
@@ -135,6 +150,7 @@ if cur.owner == who.owner then
   if cur.entry ~= '' then redis.call('DEL', k_wake(cur.entry)) end
   cur.entry = ''
   redis.call('HSET', k_lock(sk), 'expires', cur.expires, 'claim', '0', 'ttl', cur.ttl, 'entry', '')
+  delivered(sk)
   redis.call('ZADD', K_DUE, cur.expires, sk)
   return answer({ acq = true, lock = lock_view(sk, cur, true) }, false, true)
 end

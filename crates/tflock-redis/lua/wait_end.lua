@@ -23,6 +23,7 @@ local retention = tonumber(ARGV[14])
 
 -- Confirms the grant `l` made to this entry: the lease runs its full ttl from now.
 local function confirm(l)
+  redis.call('HSET', k_lock(sk), 'cent', id, 'cexp', l.expires)
   if l.claim == '1' then
     l.claim = '0'
     l.expires = fmt(NOW + tonumber(l.ttl))
@@ -69,6 +70,7 @@ end
 redis.call('DEL', k_wake(id))
 local cur = settle(sk)
 if rid ~= '' and cur and cur.rid == rid and cur.owner == owner and cur.entry == '' then
+  delivered(sk)
   return reply({ r = 'ans', a = { acq = true, lock = lock_view(sk, cur, true) }, fresh = false })
 end
 local public = cur and lock_view(sk, cur, false) or nil
