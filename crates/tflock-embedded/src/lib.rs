@@ -76,6 +76,10 @@ pub enum OpenError {
 pub(crate) struct Shared {
     state: Mutex<State>,
     events: broadcast::Sender<LockEvent>,
+    /// Tests only: while closed, the committer holds each batch before writing it, so
+    /// a test can act between a change in memory and its commit.
+    #[cfg(test)]
+    commit_gate: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Shared {
@@ -87,6 +91,23 @@ impl Shared {
 
     pub(crate) fn take_batch(&self) -> Option<state::Batch> {
         self.lock().take_batch()
+    }
+
+    /// Tests only: blocks the committer while the gate is closed.
+    #[cfg(test)]
+    pub(crate) fn pass_commit_gate(&self) {
+        let (closed, cv) = &self.commit_gate;
+        let mut g = closed.lock().unwrap_or_else(|p| p.into_inner());
+        while *g {
+            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    #[cfg(test)]
+    fn set_commit_gate(&self, close: bool) {
+        let (closed, cv) = &self.commit_gate;
+        *closed.lock().unwrap_or_else(|p| p.into_inner()) = close;
+        cv.notify_all();
     }
 
     pub(crate) fn publish(&self, events: Vec<LockEvent>) {
@@ -170,6 +191,8 @@ impl EmbeddedBackend {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             events,
+            #[cfg(test)]
+            commit_gate: (Mutex::new(false), std::sync::Condvar::new()),
         });
         let (durable_tx, durable_rx) = watch::channel(Durable {
             seq: 0,
@@ -308,7 +331,8 @@ impl EmbeddedBackend {
             backend: self,
             key: key.clone(),
             entry_id: entry_id.clone(),
-            has_request_id: req.request_id.is_some(),
+            request_id: req.request_id.clone(),
+            confirmed: None,
             armed: true,
         };
         // Armed before this await: a caller that goes away while its enqueue is being
@@ -318,37 +342,48 @@ impl EmbeddedBackend {
             w = &mut wake => w.ok(),
             _ = self.clock.sleep_until(deadline) => None,
         };
-        let outcome = self
-            .with_state(|st, ctx| match woke {
-                Some(WaiterWake::Closed) => Err(BackendError::Unavailable(
-                    "the server is shutting down".into(),
-                )),
-                Some(WaiterWake::Cancelled) => {
-                    let holder = st.lock(&key).map(Lock::public);
-                    Ok(LockResponse::not_acquired(
-                        holder,
-                        NotAcquiredReason::Cancelled,
-                    ))
-                }
-                Some(WaiterWake::Granted) | None => {
-                    if let Some(lock) = st.confirm(&key, &entry_id, ctx.now) {
-                        let r = LockResponse::granted(lock);
-                        st.remember(req, &r, ctx);
-                        return Ok(r);
-                    }
-                    // Deadline (or a grant whose claim window already ran out).
-                    st.remove_entry(&entry_id, ctx.now);
-                    st.settle(&key, ctx);
-                    let holder = st.lock(&key).map(Lock::public);
-                    let r = LockResponse::not_acquired(holder, NotAcquiredReason::Timeout);
+        // The decision and the confirmation happen in memory first; until they are
+        // durable the guard stays armed, and it knows the lease it confirmed: a caller
+        // that goes away in between leaves a pending claim (with a request id) or
+        // nothing (without), never a confirmed lease nobody holds.
+        let (outcome, seq) = self.apply(|st, ctx| match woke {
+            Some(WaiterWake::Closed) => Err(BackendError::Unavailable(
+                "the server is shutting down".into(),
+            )),
+            Some(WaiterWake::Cancelled) => {
+                let holder = st.lock(&key).map(Lock::public);
+                let r = LockResponse::not_acquired(holder, NotAcquiredReason::Cancelled);
+                // Kept for its retries (rule 8): a retry is told `cancelled`.
+                st.remember(req, &r, ctx);
+                Ok(r)
+            }
+            Some(WaiterWake::Granted) | None => {
+                if let Some(lock) = st.confirm(&key, &entry_id, ctx.now) {
+                    let r = LockResponse::granted(lock);
                     st.remember(req, &r, ctx);
-                    Ok(r)
+                    return Ok(r);
                 }
-            })
-            .await;
+                // Deadline (or a grant whose claim window already ran out).
+                st.remove_entry(&entry_id, ctx.now);
+                st.settle(&key, ctx);
+                let holder = st.lock(&key).map(Lock::public);
+                let r = LockResponse::not_acquired(holder, NotAcquiredReason::Timeout);
+                st.remember(req, &r, ctx);
+                Ok(r)
+            }
+        })?;
+        if let Ok(LockResponse {
+            acquired: true,
+            lock: Some(lock),
+            ..
+        }) = &outcome
+        {
+            guard.confirmed = lock.lease_id.clone();
+        }
+        self.wait_durable(seq).await?;
         guard.armed = false;
         drop(guard);
-        Ok(outcome??)
+        Ok(outcome?)
     }
 
     /// TryLock without a queue: retry with back-off until the deadline. A release
@@ -397,7 +432,9 @@ struct WaiterGuard<'a> {
     backend: &'a EmbeddedBackend,
     key: String,
     entry_id: String,
-    has_request_id: bool,
+    request_id: Option<String>,
+    /// The lease this call confirmed in memory, while that is not yet durable.
+    confirmed: Option<LeaseId>,
     armed: bool,
 }
 
@@ -410,10 +447,23 @@ impl Drop for WaiterGuard<'_> {
         let ctx = b.ctx();
         {
             let mut st = b.shared.lock();
-            st.abandon_waiter(&self.key, &self.entry_id, self.has_request_id, &ctx);
+            match &self.confirmed {
+                Some(lease) => st.abandon_confirmed(
+                    &self.key,
+                    &self.entry_id,
+                    lease,
+                    self.request_id.as_deref(),
+                    &ctx,
+                ),
+                None => {
+                    st.abandon_waiter(&self.key, &self.entry_id, self.request_id.is_some(), &ctx)
+                }
+            }
         }
-        // Nobody waits for this commit; the committer picks it up.
+        // Nobody waits for this commit; the committer picks it up. A claim that went
+        // back to pending ends sooner than the sweeper planned.
         b.kick();
+        b.sweeper_wake.notify_one();
         b.released.notify_waiters();
     }
 }
@@ -871,5 +921,216 @@ impl Drop for EmbeddedBackend {
         {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The moment the conformance suite cannot hit on cue: a waiter's caller goes away
+    //! after its confirmation is made in memory and before the commit that makes it
+    //! durable. The committer is held at its gate, so the drop lands exactly there.
+
+    use std::task::Poll;
+
+    use tflock_core::{Clock, ManualClock};
+
+    use super::*;
+
+    const CLAIM: Duration = Duration::from_secs(10);
+
+    async fn open(dir: &tempfile::TempDir, clock: &ManualClock) -> Arc<EmbeddedBackend> {
+        let settings = LockSettings {
+            claim_timeout: CLAIM,
+            ..LockSettings::default()
+        };
+        EmbeddedBackend::open(
+            EmbeddedConfig {
+                path: dir.path().join("locks.redb"),
+                settings,
+            },
+            Arc::new(clock.clone()),
+        )
+        .await
+        .expect("open")
+    }
+
+    fn resource() -> Resource {
+        Resource::new("o/r", ".", "default", "").unwrap()
+    }
+
+    /// Whether `owner` holds `key` with a confirmed grant, in memory.
+    fn confirmed_in_memory(b: &EmbeddedBackend, owner: &str) -> bool {
+        let st = b.shared.lock();
+        st.lock(&resource().storage_key())
+            .is_some_and(|l| l.owner.owner == owner && !l.claim_pending)
+    }
+
+    async fn waiting_in_queue(b: &EmbeddedBackend, owner: &str) {
+        let started = Instant::now();
+        while !b
+            .get_queue_status(&resource())
+            .await
+            .unwrap()
+            .entries
+            .iter()
+            .any(|e| e.entry.owner.owner == owner)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{owner} queued"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn dropped_between_confirm_and_commit(request_id: Option<&str>) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_now();
+        let b = open(&dir, &clock).await;
+        let r = resource();
+        let ttl = Duration::from_secs(3600);
+        let holder = b
+            .try_lock(LockRequest::new(r.clone(), "holder").with_ttl(ttl))
+            .await
+            .unwrap()
+            .lock
+            .unwrap();
+
+        let mut a_req = LockRequest::new(r.clone(), "a")
+            .with_ttl(ttl)
+            .with_wait(Duration::from_secs(300));
+        if let Some(rid) = request_id {
+            a_req = a_req.with_request_id(rid);
+        }
+        let a_backend = b.clone();
+        let mut a = Box::pin(async move { a_backend.try_lock(a_req).await });
+        while b.get_queue_status(&r).await.unwrap().entries.is_empty() {
+            assert!(futures::poll!(&mut a).is_pending(), "a waits");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for _ in 0..5 {
+            assert!(futures::poll!(&mut a).is_pending(), "a waits");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        clock.advance(Duration::from_millis(1));
+        let next = {
+            let b = b.clone();
+            let req = LockRequest::new(r.clone(), "b")
+                .with_ttl(ttl)
+                .with_wait(Duration::from_secs(300));
+            tokio::spawn(async move { b.try_lock(req).await })
+        };
+        waiting_in_queue(&b, "b").await;
+
+        // From here no commit finishes: the unlock hands the lock to a in memory and
+        // a's call confirms it in memory, then waits for the commit.
+        b.shared.set_commit_gate(true);
+        let unlock = {
+            let b = b.clone();
+            let (r, lease) = (r.clone(), holder.lease_id.clone().unwrap());
+            tokio::spawn(async move { b.unlock(&r, &lease).await })
+        };
+        let started = Instant::now();
+        while !confirmed_in_memory(&b, "a") {
+            if let Poll::Ready(answer) = futures::poll!(&mut a) {
+                panic!("a answered although its commit is held: {answer:?}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "a confirms its grant in memory"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            futures::poll!(&mut a).is_pending(),
+            "a waits for its commit"
+        );
+        let dropped_at = clock.now();
+        drop(a);
+        b.shared.set_commit_gate(false);
+        unlock.await.unwrap().expect("the unlock");
+
+        clock.advance(CLAIM + Duration::from_millis(1));
+        let got = tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("b is granted within claim_timeout of a's drop, not after a's ttl")
+            .unwrap()
+            .unwrap();
+        assert!(got.acquired, "b: {got:?}");
+        let lock = got.lock.unwrap();
+        assert_eq!(lock.owner.owner, "b");
+        assert!(
+            lock.acquired_at <= dropped_at.add(CLAIM + Duration::from_millis(1)),
+            "b's grant came within claim_timeout of the drop"
+        );
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiter_dropped_between_confirm_and_commit_frees_the_lock() {
+        dropped_between_confirm_and_commit(None).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiter_with_request_id_dropped_between_confirm_and_commit_frees_the_lock() {
+        dropped_between_confirm_and_commit(Some("r-a-dropped")).await;
+    }
+
+    /// With a request id, the grant a dropped waiter confirmed goes back to a pending
+    /// claim that its retry takes over: the same lease, now confirmed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retry_takes_over_the_claim_of_a_waiter_dropped_before_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_now();
+        let b = open(&dir, &clock).await;
+        let r = resource();
+        let holder = b
+            .try_lock(LockRequest::new(r.clone(), "holder"))
+            .await
+            .unwrap()
+            .lock
+            .unwrap();
+        let a_req = LockRequest::new(r.clone(), "a")
+            .with_wait(Duration::from_secs(300))
+            .with_request_id("r-a-retry");
+        let a_backend = b.clone();
+        let req = a_req.clone();
+        let mut a = Box::pin(async move { a_backend.try_lock(req).await });
+        while b.get_queue_status(&r).await.unwrap().entries.is_empty() {
+            assert!(futures::poll!(&mut a).is_pending());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for _ in 0..5 {
+            assert!(futures::poll!(&mut a).is_pending());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        b.shared.set_commit_gate(true);
+        let unlock = {
+            let b = b.clone();
+            let lease = holder.lease_id.clone().unwrap();
+            let r = r.clone();
+            tokio::spawn(async move { b.unlock(&r, &lease).await })
+        };
+        let started = Instant::now();
+        while !confirmed_in_memory(&b, "a") {
+            assert!(futures::poll!(&mut a).is_pending());
+            assert!(started.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(a);
+        b.shared.set_commit_gate(false);
+        unlock.await.unwrap().unwrap();
+        let pending = b.get_lock(&r).await.unwrap().expect("a's claim");
+        assert!(pending.claim_pending, "back to a pending claim");
+        assert_eq!(pending.expires_at, clock.now().add(CLAIM));
+
+        let mut retry = a_req;
+        retry.wait = None;
+        let got = b.try_lock(retry).await.unwrap();
+        assert!(got.acquired, "the retry takes the claim over: {got:?}");
+        let lock = got.lock.unwrap();
+        assert_eq!(lock.fencing_token, pending.fencing_token);
+        assert!(!lock.claim_pending);
+        b.close().await;
     }
 }

@@ -489,7 +489,14 @@ impl State {
                         && l.entry_id.is_none()
                 });
             let akey = answer_key(&req.owner.owner, rid);
-            if let Some(ans) = self.answers.get(&akey).map(|a| a.response.clone()) {
+            // Past `request_id_retention` the answer is forgotten even if the sweeper
+            // has not removed it yet: the request id is then only a re-lock's proof.
+            let kept = self
+                .answers
+                .get(&akey)
+                .filter(|a| a.expires_at > now)
+                .map(|a| a.response.clone());
+            if let Some(ans) = kept {
                 if ans.acquired {
                     let lease = ans.lock.as_ref().and_then(|l| l.lease_id.as_ref());
                     return Decision::Answer(Box::new(match current {
@@ -531,6 +538,26 @@ impl State {
                 {
                     return Decision::Answer(Box::new(LockResponse::not_acquired(current, reason)));
                 }
+            }
+            // The first call still waits in the queue (a waiter's answer is kept only
+            // when its call ends): the same entry with its place, never a second one.
+            let queued = self.resources.get(&key).and_then(|r| {
+                r.queue
+                    .iter()
+                    .find(|e| {
+                        e.request_id.as_deref() == Some(rid.as_str())
+                            && e.owner.owner == req.owner.owner
+                    })
+                    .map(|e| e.entry_id.clone())
+            });
+            if let Some(entry_id) = queued {
+                let position = self.position(&key, &entry_id, ctx);
+                return Decision::Answer(Box::new(LockResponse {
+                    acquired: false,
+                    lock: current.map(|c| c.public()),
+                    queue: Some(QueuePlacement { entry_id, position }),
+                    reason: Some(NotAcquiredReason::Held),
+                }));
             }
             let pending = self
                 .resources
@@ -798,6 +825,45 @@ impl State {
         if !has_request_id && self.granted_to(key, entry_id) {
             self.release(key, EventKind::LockReleased, ctx);
         }
+    }
+
+    /// A waiter's call went away after it confirmed its grant in memory but before
+    /// that confirmation was durable and answered: nobody has the lease. Without a
+    /// request id the lease ends at once (and the lock is handed on); with one, the
+    /// grant goes back to a pending claim that ends `claim_timeout` from now unless a
+    /// retry with that request id takes it over (the answer kept by the confirmation
+    /// is forgotten, so that retry finds the claim). Nothing happens when the lock is
+    /// no longer under `lease`.
+    pub fn abandon_confirmed(
+        &mut self,
+        key: &str,
+        entry_id: &str,
+        lease: &LeaseId,
+        request_id: Option<&str>,
+        ctx: &Ctx,
+    ) {
+        let Some(l) = self.resources.get_mut(key).and_then(|r| r.lock.as_mut()) else {
+            return;
+        };
+        if !l.lock.held_by(lease) {
+            return;
+        }
+        let Some(rid) = request_id else {
+            self.release(key, EventKind::LockReleased, ctx);
+            return;
+        };
+        l.lock.claim_pending = true;
+        l.lock.expires_at = l
+            .lock
+            .expires_at
+            .min(ctx.now.add(ctx.settings.claim_timeout));
+        l.entry_id = Some(entry_id.to_string());
+        let akey = answer_key(&l.lock.owner.owner, rid);
+        if let Some(old) = self.answers.remove(&akey) {
+            self.answer_due.remove(&(old.expires_at, akey.clone()));
+            self.dirty_answers.insert(akey);
+        }
+        self.touch(key);
     }
 
     /// Whether `entry_id` still waits in the queue of `key` (not granted, not gone).

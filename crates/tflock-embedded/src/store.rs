@@ -173,6 +173,8 @@ pub(crate) fn run_committer(
             let seq = batch.seq;
             let events = batch.events.clone();
             if durable.borrow().failed.is_none() {
+                #[cfg(test)]
+                shared.pass_commit_gate();
                 match write_batch(&db, &batch) {
                     Ok(()) => {
                         durable.send_modify(|d| d.seq = seq);

@@ -190,24 +190,16 @@ async fn acknowledged_grants_survive_sigkill_20_times() {
             .try_lock(LockRequest::new(hot.clone(), "verifier"))
             .await
             .unwrap();
-        let t = resp.lock.unwrap().fencing_token.0;
+        let verifier = resp.lock.unwrap();
+        let t = verifier.fencing_token.0;
         assert!(
             t > hot_max,
             "round {round}: token {t} after acknowledged {hot_max}"
         );
         hot_max = t;
+        // The verifier's own lease (an owner string alone does not re-lock).
         backend
-            .unlock(
-                &hot,
-                &backend
-                    .try_lock(LockRequest::new(hot.clone(), "verifier"))
-                    .await
-                    .unwrap()
-                    .lock
-                    .unwrap()
-                    .lease_id
-                    .unwrap(),
-            )
+            .unlock(&hot, &verifier.lease_id.unwrap())
             .await
             .unwrap();
         backend.close().await;
