@@ -487,7 +487,7 @@ async fn waiter_cut_off_during_wait_frees_the_lock_within_claim_timeout() {
     };
     // Queued first, then the second waiter.
     let started = Instant::now();
-    while admin.get_queue_status(&r).await.unwrap().entries.len() < 1 {
+    while admin.get_queue_status(&r).await.unwrap().entries.is_empty() {
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
