@@ -24,7 +24,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::ClusterError;
 use crate::config::ClusterConfig;
-use crate::registry::{Heartbeat, Registry, TickRole};
+use crate::registry::{Heartbeat, Registry, TickReply, TickRole};
 use crate::status::{ClusterStatus, DeadNode, LocalView, NodeInfo, Role, Rollup};
 
 /// This server in the cluster. Dropping it stops the heartbeat without leaving the
@@ -265,12 +265,13 @@ impl Shared {
         }
     }
 
-    fn authority(&self, lead: Lead, dead: std::collections::BTreeMap<String, u64>) -> SweepRole {
-        SweepRole::Leader(LeaderAuthority {
-            epoch: lead.epoch,
-            valid_until: self.config.trust_local_lease.then_some(lead.valid_until),
-            dead_nodes: Arc::new(dead),
-        })
+    fn authority(&self, lead: Lead, tick: &TickReply, sent: Instant) -> SweepRole {
+        leader_authority(
+            lead.epoch,
+            self.config.trust_local_lease.then_some(lead.valid_until),
+            tick,
+            sent,
+        )
     }
 
     /// Stops leading; with `floor`, also gives up the leader key (if still held) and
@@ -357,13 +358,13 @@ impl Shared {
                             return;
                         }
                         l.valid_until = valid_until;
-                        self.backend.set_sweep_role(self.authority(*l, r.dead));
+                        self.backend.set_sweep_role(self.authority(*l, &r, sent));
                     }
                     _ => {
                         if lead.is_some() {
                             self.step_down(lead, "its epoch changed", None).await;
                         }
-                        self.take_lead(lead, epoch, valid_until, r.dead).await;
+                        self.take_lead(lead, epoch, valid_until, &r, sent).await;
                     }
                 }
             }
@@ -376,7 +377,8 @@ impl Shared {
         lead: &mut Option<Lead>,
         epoch: u64,
         valid_until: Instant,
-        dead: std::collections::BTreeMap<String, u64>,
+        tick: &TickReply,
+        sent: Instant,
     ) {
         match self.backend.fence_all(epoch).await {
             Ok(None) => {
@@ -386,7 +388,7 @@ impl Shared {
                 }
                 let l = Lead { epoch, valid_until };
                 *lead = Some(l);
-                self.backend.set_sweep_role(self.authority(l, dead));
+                self.backend.set_sweep_role(self.authority(l, tick, sent));
                 self.view.send_modify(|v| {
                     v.role = Role::Leader;
                     v.epoch = Some(epoch);
@@ -434,6 +436,38 @@ impl Shared {
             Err(e) => tracing::debug!("roll-up failed: {e}"),
         }
     }
+}
+
+/// A leader's sweep authority from its tick's reply (`sent`: when the tick was sent).
+///
+/// The registry says when each dead node was declared dead on *its* clock; the buckets
+/// live on other primaries with other clocks (Redis Cluster), so that instant means
+/// nothing to them. What crosses over is a duration: how long ago the node was
+/// declared dead, `now - dead` on the registry's clock alone, as of `sent` on this
+/// process's monotonic clock. The sweeper adds the time elapsed since and `sweep.lua`
+/// turns it into an instant on the bucket's own clock. What is left is latency, not
+/// skew: `sent` precedes the registry's `now` (the age comes out longer by the tick's
+/// latency, toward keeping a waiter) and the sweep call's own latency goes the other
+/// way; both are milliseconds.
+fn leader_authority(
+    epoch: u64,
+    valid_until: Option<Instant>,
+    tick: &TickReply,
+    sent: Instant,
+) -> SweepRole {
+    let dead = tick
+        .dead
+        .iter()
+        .map(|(node, &died)| {
+            let dead_for = Duration::from_micros(tick.now.saturating_sub(died));
+            (node.clone(), (dead_for, sent))
+        })
+        .collect();
+    SweepRole::Leader(LeaderAuthority {
+        epoch,
+        valid_until,
+        dead_nodes: Arc::new(dead),
+    })
 }
 
 /// The heartbeat task.
@@ -484,4 +518,152 @@ async fn run(s: Arc<Shared>) {
         v.role = Role::Stopped;
         v.epoch = None;
     });
+}
+
+/// Issue 15: the registry's Redis and the buckets' primaries are different servers on a
+/// Redis Cluster, each with its own clock. These tests feed the leader's real path (a
+/// tick reply → [`leader_authority`] → the backend's fenced sweeper → `sweep.lua` on a
+/// real Redis) with the answer a registry whose clock is skewed would give: every
+/// instant in it (`now`, the `dead` times) is shifted by the skew, consistently, as
+/// they all come from one `TIME`. Waiters are queued by real backends, so their
+/// entries carry the bucket's own clock.
+#[cfg(test)]
+mod clock_skew_tests {
+    use std::time::SystemTime;
+
+    use tflock_core::{LockRequest, LockSettings, Resource, SystemClock};
+    use tflock_redis::{BackendOptions, RedisConfig};
+    use tflock_testkit::{RedisOptions, RedisServer};
+
+    use super::*;
+
+    const HOUR_US: i64 = 3_600_000_000;
+
+    fn now_us() -> i64 {
+        Timestamp::from_system_time(SystemTime::now()).as_micros() as i64
+    }
+
+    async fn owners(b: &RedisBackend, r: &Resource) -> Vec<String> {
+        let status = b.get_queue_status(r).await.expect("queue status");
+        let mut v: Vec<String> = status
+            .entries
+            .iter()
+            .map(|e| e.entry.owner.owner.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    async fn wait_owners(b: &RedisBackend, r: &Resource, want: &[&str], what: &str) {
+        let started = Instant::now();
+        loop {
+            let got = owners(b, r).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{what}: the queue holds {got:?}, expected {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// `node-dead` queued a waiter and died (killed: its entry stays); `node-revived`
+    /// was declared dead 5 s ago by the registry's clock, came back and queues a waiter
+    /// now. The registry's clock reads `skew_us` ahead of the buckets'. The leader's
+    /// sweeps must remove the dead node's waiter and keep the revived node's.
+    async fn sweep_with_registry_skew(skew_us: i64) {
+        let server = tokio::task::spawn_blocking(|| RedisServer::start(RedisOptions::default()))
+            .await
+            .unwrap();
+        let config = RedisConfig::standalone(server.addr().to_string());
+        let connect = || {
+            RedisBackend::connect_with(
+                config.clone(),
+                LockSettings::default(),
+                Arc::new(SystemClock),
+                BackendOptions::default().sweep(SweepRole::Follower),
+            )
+        };
+        let lead = connect().await.expect("connect");
+        let dead = connect().await.expect("connect");
+        let revived = connect().await.expect("connect");
+        dead.set_serving_node(Some("node-dead"));
+        revived.set_serving_node(Some("node-revived"));
+        let r = Resource::new("o/skew", ".", "default", "").unwrap();
+        let held = lead.try_lock(LockRequest::new(r.clone(), "holder")).await;
+        assert!(held.unwrap().acquired);
+
+        // The dead node's waiter: its call vanishes without its drop guard, as in a
+        // killed process, so the entry stays in Redis.
+        let wait = Duration::from_secs(60);
+        let mut ghost = Box::pin({
+            let dead = dead.clone();
+            let req = LockRequest::new(r.clone(), "ghost").with_wait(wait);
+            async move { dead.try_lock(req).await }
+        });
+        let started = Instant::now();
+        while owners(&lead, &r).await.is_empty() {
+            assert!(futures::poll!(&mut ghost).is_pending());
+            assert!(started.elapsed() < Duration::from_secs(10), "never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        std::mem::forget(ghost);
+        Backend::close(&*dead).await;
+
+        // The revived node's live waiter.
+        let live = tokio::spawn({
+            let revived = revived.clone();
+            let req = LockRequest::new(r.clone(), "alive").with_wait(wait);
+            async move { revived.try_lock(req).await }
+        });
+        wait_owners(&lead, &r, &["alive", "ghost"], "both queued").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        // The registry's answer to the leader's tick, all on its skewed clock:
+        // `node-revived` declared dead 5 s before the answer (before it came back and
+        // queued), `node-dead` at the answer (after its waiter was queued).
+        let sent = Instant::now();
+        let reg_now = now_us() + skew_us;
+        let tick: TickReply = serde_json::from_value(serde_json::json!({
+            "role": "leader",
+            "epoch": "1",
+            "now": reg_now.to_string(),
+            "dead": {
+                "node-revived": (reg_now - 5_000_000).to_string(),
+                "node-dead": reg_now.to_string(),
+            },
+        }))
+        .expect("a tick reply");
+        assert_eq!(lead.fence_all(1).await.unwrap(), None);
+        let sweeps = lead.sweep_stats().borrow().leader_sweeps;
+        lead.set_sweep_role(leader_authority(1, None, &tick, sent));
+
+        // A few fenced sweep rounds later: only the live waiter is left.
+        let started = Instant::now();
+        while lead.sweep_stats().borrow().leader_sweeps < sweeps + 3 {
+            assert!(started.elapsed() < Duration::from_secs(10), "no sweeps");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            owners(&lead, &r).await,
+            ["alive"],
+            "registry clock {} s ahead of the buckets': the dead node's waiter must go, the \
+             revived node's live waiter must stay",
+            skew_us / 1_000_000
+        );
+        assert!(!live.is_finished(), "the live waiter's call was ended");
+        live.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_clock_ahead_of_the_buckets_does_not_reap_a_live_waiter() {
+        sweep_with_registry_skew(HOUR_US).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_clock_behind_the_buckets_still_reaps_a_dead_nodes_waiter() {
+        sweep_with_registry_skew(-HOUR_US).await;
+    }
 }

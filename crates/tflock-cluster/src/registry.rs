@@ -125,7 +125,11 @@ pub(crate) struct TickReply {
     pub epoch: Option<u64>,
     #[serde(default)]
     pub revived: bool,
-    /// For a leader: node id → when declared dead (µs).
+    /// The registry's clock when it answered (µs).
+    #[serde(default, deserialize_with = "num")]
+    pub now: u64,
+    /// For a leader: node id → when declared dead (µs, the registry's clock: compare
+    /// it only with `now`).
     #[serde(default, deserialize_with = "lua_map_num")]
     pub dead: BTreeMap<String, u64>,
 }

@@ -12,9 +12,20 @@
 -- ARGV[7]   most items of each kind to handle in this call
 -- ARGV[8]   the leader's epoch, or '' for an unfenced sweep (a backend sweeping by
 --           itself, without a cluster manager)
--- ARGV[9]   servers declared dead, as a JSON object: node id -> when it was declared
---           dead (µs, as a string); '' or '{}' for none. Waiter entries those servers
---           made before that instant are removed (their callers are gone).
+-- ARGV[9]   servers declared dead, as a JSON object: node id -> how long ago it was
+--           declared dead (µs, a duration, as a string); '' or '{}' for none. Waiter
+--           entries those servers made before then are removed (their callers are gone).
+--
+-- One clock per comparison. The registry that declares nodes dead is on another slot,
+-- so on Redis Cluster on another primary with its own clock; an entry's `enq` is on
+-- this bucket's clock. Comparing `enq` with the registry's instant would compare two
+-- clocks: a registry ahead of this primary would reap the waiters a revived node
+-- queued after it came back, one behind would keep a dead node's waiters. So no
+-- instant crosses servers: the registry's decision travels as an age (its own `now`
+-- minus its own death time, plus the time elapsed since on the leader's monotonic
+-- clock), and this script places the death on its own clock, `NOW - age`, before
+-- comparing it with `enq`. Skew between servers cancels out; what is left is the
+-- latency of the calls that carried the age (milliseconds), not the skew.
 --
 -- Reply (JSON): next = the earliest due time left in the bucket (µs, '' if none),
 -- more = true when the limit was hit, done = items handled, stale (with fence) when
@@ -65,8 +76,9 @@ if ARGV[9] ~= '' and ARGV[9] ~= '{}' then
   local reaped = 0
   for i = 1, #served, 2 do
     local id, node = served[i], served[i + 1]
-    local died = dead[node]
-    if died then
+    local age = dead[node]
+    if age then
+      local died = NOW - tonumber(age)
       if reaped >= limit then
         more = true
         break
@@ -75,7 +87,7 @@ if ARGV[9] ~= '' and ARGV[9] ~= '{}' then
       local raw = sk and redis.call('HGET', k_entries(sk), id)
       if not raw then
         redis.call('HDEL', K_ENODE, id)
-      elseif tonumber(cjson.decode(raw).enq) < tonumber(died) then
+      elseif tonumber(cjson.decode(raw).enq) < died then
         local e = remove_entry(sk, id)
         emit('queue.left', sk, e.owner, nil, id)
         wake(id, 't')

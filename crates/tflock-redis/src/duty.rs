@@ -53,9 +53,18 @@ pub struct LeaderAuthority {
     /// holds on Redis; past it the sweeper stops until the lease is renewed. `None`
     /// does not check (tests that show the fences alone refuse a stale leader).
     pub valid_until: Option<Instant>,
-    /// Servers declared dead (node id → when, µs on the registry's Redis clock): the
-    /// waiter entries they made before then are removed by the leader's sweeps.
-    pub dead_nodes: Arc<BTreeMap<String, u64>>,
+    /// Servers declared dead: node id → `(dead_for, as_of)`, the node had been dead
+    /// for `dead_for` (measured on the registry's Redis clock alone) at `as_of` (this
+    /// process's monotonic clock). The waiter entries they made before then are
+    /// removed by the leader's sweeps.
+    ///
+    /// A duration, not the registry's instant: on Redis Cluster the registry and each
+    /// bucket are on different primaries with different clocks, and a waiter entry's
+    /// enqueue time is on its bucket's clock. Each sweep sends the age as of now
+    /// (`dead_for + as_of.elapsed()`) and `sweep.lua` places the death on the bucket's
+    /// own clock (`NOW - age`), so the comparison with the entry's time is between two
+    /// readings of one clock, whatever the skew between servers.
+    pub dead_nodes: Arc<BTreeMap<String, (Duration, Instant)>>,
 }
 
 impl LeaderAuthority {
@@ -139,10 +148,14 @@ impl Inner {
         let epoch = leader.map(|a| a.epoch.to_string()).unwrap_or_default();
         let dead = match leader {
             Some(a) if !a.dead_nodes.is_empty() => {
+                // How long ago each was declared dead, as of this sweep (µs).
                 let as_strings: BTreeMap<&str, String> = a
                     .dead_nodes
                     .iter()
-                    .map(|(k, v)| (k.as_str(), v.to_string()))
+                    .map(|(k, (dead_for, as_of))| {
+                        let age = dead_for.saturating_add(as_of.elapsed());
+                        (k.as_str(), age.as_micros().to_string())
+                    })
                     .collect();
                 serde_json::to_string(&as_strings).unwrap_or_default()
             }

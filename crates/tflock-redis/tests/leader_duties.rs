@@ -28,7 +28,14 @@ async fn backend(config: &RedisConfig, role: SweepRole) -> Arc<RedisBackend> {
     .expect("connect")
 }
 
+/// `dead`: node id → when it was declared dead (µs on this host's clock, which is the
+/// test Redis's), turned into the age the authority carries.
 fn leader(epoch: u64, dead: BTreeMap<String, u64>) -> SweepRole {
+    let (now, at) = (now_us(), Instant::now());
+    let dead = dead
+        .into_iter()
+        .map(|(node, t)| (node, (Duration::from_micros(now.saturating_sub(t)), at)))
+        .collect();
     SweepRole::Leader(LeaderAuthority {
         epoch,
         valid_until: None,
