@@ -19,6 +19,9 @@
 //!   failover helpers.
 //! - `cli`: [`RedisCli`], a `redis-cli` invocation with a deadline, preconfigured by each
 //!   server with its address, credentials and TLS files.
+//! - `proxy`: [`FaultProxy`], a TCP proxy in front of a server that can cut a
+//!   connection right after a request was written (the reply is lost), delay, cut
+//!   everything and refuse, or pause traffic, at runtime.
 //! - `ports`: free ports, leased through lock files so that parallel tests, in this
 //!   process or in other test binaries, never pick the same one.
 //! - `process`: spawning children that die with the test process, and signals.
@@ -55,6 +58,7 @@ mod cli;
 mod cluster;
 mod ports;
 mod process;
+mod proxy;
 mod sentinel;
 mod server;
 mod tls;
@@ -62,6 +66,7 @@ mod wait;
 
 pub use cli::{Auth, CliOutput, RedisCli};
 pub use cluster::{ClusterOptions, RedisCluster};
+pub use proxy::FaultProxy;
 pub use sentinel::{RedisSentinel, SentinelOptions};
 pub use server::{AclUser, RedisOptions, RedisServer, TlsClientAuth};
 pub use tls::TlsMaterial;
