@@ -9,6 +9,21 @@
 //! call connects again; in Sentinel mode that first asks the sentinels where the
 //! primary is now. Only connection attempts are retried (`max_retries` with
 //! back-off): a request that may have reached Redis is never sent twice.
+//!
+//! At most once: a script changes state, so one that ran but whose reply was lost
+//! (the connection dropped after the request was written, or the reply came after
+//! `read_timeout`) must fail the call (`backend_unavailable`), never run again: a
+//! resent force unlock would also release the lock it just handed to the next
+//! waiter. Standalone and Sentinel use a multiplexed connection, which never resends.
+//! redis-rs's cluster client does: with `retries(n)` it sends a request again after
+//! an I/O error or a per-attempt timeout (and after redirections and refusals), so
+//! the script and waiter connections are built with `retries(0)`, and [`Connector::call`]
+//! itself retries only answers that prove the script did not run: `MOVED` and `ASK`
+//! (followed to the node they name), `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`,
+//! `LOADING`, `READONLY` (refused before running; a script on a replica stops at its
+//! first write), and no connection to the slot's node (nothing was sent). All of
+//! them within one `read_timeout`, as the client's own retries were. The events
+//! connection (`SSUBSCRIBE`, idempotent) keeps the client's retries.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -169,6 +184,75 @@ fn needs_reconnect(e: &RedisError) -> bool {
         )
 }
 
+/// Whether an error proves the command did not run, so sending it again cannot run it
+/// twice: the node refused it before executing (a redirection, a cluster or node not
+/// ready, a replica: a script there stops at its first write), or the cluster client
+/// found no connection to send it on. An I/O error or a timeout proves nothing.
+fn refused_before_running(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::BusyLoading
+                | ServerErrorKind::ReadOnly
+        ) | ErrorKind::ClusterConnectionNotFound
+    )
+}
+
+/// Where a `MOVED` or `ASK` answer sends the command next.
+enum Redirect {
+    Moved(String, u16),
+    Ask(String, u16),
+}
+
+fn redirect_of(e: &RedisError) -> Option<Redirect> {
+    let (addr, _slot) = e.redirect_node()?;
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.to_string();
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::Ask) => Some(Redirect::Ask(host, port)),
+        _ => Some(Redirect::Moved(host, port)),
+    }
+}
+
+/// Sends `cmd` once on a cluster connection: by its key's slot, or to the node a
+/// redirection named (`ASKING` first for `ASK`). redis-rs sends it once too (the
+/// connection is built with `retries(0)`).
+async fn cluster_query<T: redis::FromRedisValue>(
+    c: &mut ClusterConnection,
+    cmd: &Cmd,
+    redirect: Option<&Redirect>,
+) -> redis::RedisResult<T> {
+    let v = match redirect {
+        None => return cmd.query_async(c).await,
+        Some(Redirect::Moved(host, port)) => {
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            });
+            c.route_command(cmd.clone(), route).await?
+        }
+        Some(Redirect::Ask(host, port)) => {
+            let mut p = redis::pipe();
+            p.cmd("ASKING").add_command(cmd.clone());
+            let route = SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            };
+            c.route_pipeline(p, 1, 1, route)
+                .await?
+                .pop()
+                .unwrap_or(Value::Nil)
+        }
+    };
+    redis::from_redis_value(v.extract_error()?).map_err(RedisError::from)
+}
+
 /// Translates a Redis error: a script that broke is an internal error, everything
 /// else (unreachable, refused, read-only, out of memory, no permission) means the
 /// store cannot be used now.
@@ -227,54 +311,58 @@ impl Connector {
                 .iter()
                 .map(|a| parse_address(a).map_err(|m| ConnectError::new("redis.addresses", m)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let build = |response: Duration, push: Option<UnboundedSender<PushInfo>>| {
-                let infos = nodes
-                    .iter()
-                    .map(|(h, p)| {
-                        let addr = if tls.is_some() {
-                            ConnectionAddr::TcpTls {
-                                host: h.clone(),
-                                port: *p,
-                                insecure: false,
-                                tls_params: None,
-                            }
-                        } else {
-                            ConnectionAddr::Tcp(h.clone(), *p)
-                        };
-                        addr.into_connection_info()
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| ConnectError::new("redis.addresses", e.to_string()))?;
-                let mut b = ClusterClient::builder(infos)
-                    .connection_timeout(connect_timeout)
-                    .response_timeout(response)
-                    .overall_response_timeout(Some(response))
-                    .retries(cfg.max_retries)
-                    .min_retry_wait(cfg.min_retry_backoff.as_millis() as u64)
-                    .max_retry_wait(cfg.max_retry_backoff.as_millis() as u64);
-                if let Some(p) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
-                    b = b.password(p);
-                }
-                if cfg.auth_method == AuthMethod::Acl
-                    && let Some(u) = &cfg.username
-                {
-                    b = b.username(u);
-                }
-                if let Some(certs) = &tls {
-                    b = b.tls(redis::TlsMode::Secure).certs(certs.clone());
-                }
-                if let Some(push) = push {
-                    b = b.use_protocol(ProtocolVersion::RESP3).push_sender(push);
-                }
-                b.build()
-                    .map_err(|e| ConnectError::new("redis.addresses", e.to_string()))
-            };
+            // `retries`: how often redis-rs's cluster client may send one request again
+            // (also after it may have run): 0 for scripts and waiters (see the module
+            // docs), `max_retries` for the idempotent subscriptions.
+            let build =
+                |response: Duration, retries: u32, push: Option<UnboundedSender<PushInfo>>| {
+                    let infos = nodes
+                        .iter()
+                        .map(|(h, p)| {
+                            let addr = if tls.is_some() {
+                                ConnectionAddr::TcpTls {
+                                    host: h.clone(),
+                                    port: *p,
+                                    insecure: false,
+                                    tls_params: None,
+                                }
+                            } else {
+                                ConnectionAddr::Tcp(h.clone(), *p)
+                            };
+                            addr.into_connection_info()
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| ConnectError::new("redis.addresses", e.to_string()))?;
+                    let mut b = ClusterClient::builder(infos)
+                        .connection_timeout(connect_timeout)
+                        .response_timeout(response)
+                        .overall_response_timeout(Some(response))
+                        .retries(retries)
+                        .min_retry_wait(cfg.min_retry_backoff.as_millis() as u64)
+                        .max_retry_wait(cfg.max_retry_backoff.as_millis() as u64);
+                    if let Some(p) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
+                        b = b.password(p);
+                    }
+                    if cfg.auth_method == AuthMethod::Acl
+                        && let Some(u) = &cfg.username
+                    {
+                        b = b.username(u);
+                    }
+                    if let Some(certs) = &tls {
+                        b = b.tls(redis::TlsMode::Secure).certs(certs.clone());
+                    }
+                    if let Some(push) = push {
+                        b = b.use_protocol(ProtocolVersion::RESP3).push_sender(push);
+                    }
+                    b.build()
+                        .map_err(|e| ConnectError::new("redis.addresses", e.to_string()))
+                };
             let (push, pushes) = unbounded_channel();
             cluster_pushes = Some(pushes);
             Target::Cluster {
-                client: Box::new(build(cfg.read_timeout, None)?),
-                blocking: Box::new(build(BLOCK + cfg.read_timeout, None)?),
-                events: Box::new(build(cfg.read_timeout, Some(push))?),
+                client: Box::new(build(cfg.read_timeout, 0, None)?),
+                blocking: Box::new(build(BLOCK + cfg.read_timeout, 0, None)?),
+                events: Box::new(build(cfg.read_timeout, cfg.max_retries, Some(push))?),
             }
         } else if cfg.sentinel.enabled() {
             Target::Sentinel {
@@ -714,7 +802,11 @@ impl Connector {
             Ok(Err(e)) => return Err(no_connection(e)),
             Err(_) => return Err(unavailable("redis: no connection in time")),
         };
-        match timeout(self.read_timeout, cur.conn.query::<T>(cmd)).await {
+        let reply = match &mut cur.conn {
+            Conn::Single(c) => timeout(self.read_timeout, cmd.query_async::<T>(c)).await,
+            Conn::Cluster(c) => timeout(self.read_timeout, self.cluster_once(c, cmd)).await,
+        };
+        match reply {
             Ok(Ok(v)) => {
                 self.succeeded();
                 Ok((v, cur.generation))
@@ -731,6 +823,33 @@ impl Connector {
                     "redis: no reply within read_timeout ({:?})",
                     self.read_timeout
                 )))
+            }
+        }
+    }
+
+    /// Runs `cmd` on a cluster so that it runs at most once: sent again only after an
+    /// answer that proves it did not run ([`refused_before_running`]), up to
+    /// `max_retries` times, following redirections at once and waiting with back-off
+    /// otherwise. The caller bounds it all by `read_timeout`.
+    async fn cluster_once<T: redis::FromRedisValue>(
+        &self,
+        c: &mut ClusterConnection,
+        cmd: &Cmd,
+    ) -> redis::RedisResult<T> {
+        let mut redirect = None;
+        let mut backoff = self.min_backoff;
+        let mut attempt = 0;
+        loop {
+            match cluster_query(c, cmd, redirect.as_ref()).await {
+                Err(e) if attempt < self.max_retries && refused_before_running(&e) => {
+                    attempt += 1;
+                    redirect = redirect_of(&e);
+                    if redirect.is_none() {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.max_backoff);
+                    }
+                }
+                r => return r,
             }
         }
     }
