@@ -1144,3 +1144,57 @@ fn load_tls(cfg: &RedisConfig) -> Result<TlsCertificates, ConnectError> {
     })?;
     Ok(certs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(reply: &str) -> RedisError {
+        redis::parse_redis_value(format!("-{reply}\r\n").as_bytes())
+            .and_then(Value::extract_error)
+            .expect_err("an error reply")
+    }
+
+    /// What the cluster path may send again: only answers that prove the command did
+    /// not run. A dropped connection or a timeout after the write proves nothing.
+    #[test]
+    fn only_refusals_before_running_are_retried() {
+        for refused in [
+            "MOVED 3999 127.0.0.1:7001",
+            "ASK 3999 127.0.0.1:7002",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "MASTERDOWN Link with MASTER is down",
+            "LOADING Redis is loading the dataset in memory",
+            "READONLY You can't write against a read only replica.",
+        ] {
+            assert!(refused_before_running(&server_error(refused)), "{refused}");
+        }
+        let not_found = RedisError::from((ErrorKind::ClusterConnectionNotFound, "none"));
+        assert!(refused_before_running(&not_found));
+        for maybe_ran in [
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            server_error("ERR Error running script"),
+            server_error("OOM command not allowed when used memory > 'maxmemory'."),
+            server_error("NOSCRIPT No matching script."),
+        ] {
+            assert!(!refused_before_running(&maybe_ran), "{maybe_ran:?}");
+        }
+    }
+
+    #[test]
+    fn redirections_name_their_node() {
+        match redirect_of(&server_error("MOVED 3999 127.0.0.1:7001")) {
+            Some(Redirect::Moved(h, 7001)) => assert_eq!(h, "127.0.0.1"),
+            _ => panic!("MOVED"),
+        }
+        match redirect_of(&server_error("ASK 3999 127.0.0.1:7002")) {
+            Some(Redirect::Ask(h, 7002)) => assert_eq!(h, "127.0.0.1"),
+            _ => panic!("ASK"),
+        }
+        assert!(redirect_of(&server_error("TRYAGAIN busy")).is_none());
+    }
+}
