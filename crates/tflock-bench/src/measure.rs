@@ -294,8 +294,15 @@ pub async fn list_all(
 
 /// Enqueue and hand-off time with `depth` entries queued on one resource: a holder,
 /// `depth` reservations, then `rounds` times: enqueue one more (timed), unlock (timed;
-/// the lock goes to the head reservation in the same step), and the new holder takes
-/// its lease by re-locking (untimed). The queue stays at `depth`.
+/// the lock goes to the head reservation in the same step), and the new holder collects
+/// its lease with its reservation's request id (untimed). The queue stays at `depth`.
+/// The request id a queue-depth reservation of `owner` is made (and collected) with,
+/// unique to one measure (`run`): a request id used again by the same owner is a retry,
+/// answered from what the first call made.
+fn reservation_id(run: &str, owner: &str) -> String {
+    format!("bench-rsv-{run}-{owner}")
+}
+
 pub async fn queue_depth(
     b: &SharedBackend,
     depth: usize,
@@ -304,6 +311,7 @@ pub async fn queue_depth(
 ) -> Result<(Latency, Latency)> {
     let r = Resource::new("bench/queue", format!("{tag}/d{depth}"), "default", "")?;
     let ttl = Duration::from_secs(3600);
+    let run = tflock_core::random_hex(8);
     let first = b
         .try_lock(LockRequest::new(r.clone(), "bench/holder").with_ttl(ttl))
         .await?;
@@ -317,18 +325,22 @@ pub async fn queue_depth(
         let batch = (next..depth.min(next + 64)).map(|k| {
             let b = b.clone();
             let r = r.clone();
+            let run = run.clone();
             async move {
+                let owner = format!("bench/queued#{k}");
                 b.try_lock(
-                    LockRequest::new(r, format!("bench/queued#{k}"))
+                    LockRequest::new(r, owner.clone())
                         .with_ttl(ttl)
+                        .with_request_id(reservation_id(&run, &owner))
                         .reserving(),
                 )
                 .await
             }
         });
         for resp in join_all(batch).await {
-            if resp?.queue.is_none() {
-                return Err(anyhow!("a reservation was not queued"));
+            let resp = resp?;
+            if resp.queue.is_none() {
+                return Err(anyhow!("a reservation was not queued: {resp:?}"));
             }
         }
         next = depth.min(next + 64);
@@ -337,16 +349,18 @@ pub async fn queue_depth(
     let mut ho = Vec::with_capacity(rounds);
     for k in 0..rounds {
         let t = Instant::now();
+        let owner = format!("bench/queued#{}", depth + k);
         let resp = b
             .try_lock(
-                LockRequest::new(r.clone(), format!("bench/queued#{}", depth + k))
+                LockRequest::new(r.clone(), owner.clone())
                     .with_ttl(ttl)
+                    .with_request_id(reservation_id(&run, &owner))
                     .reserving(),
             )
             .await?;
         enq.push(ms(t.elapsed()));
         if resp.queue.is_none() {
-            return Err(anyhow!("a reservation was not queued"));
+            return Err(anyhow!("a reservation was not queued: {resp:?}"));
         }
         let t = Instant::now();
         let out = b.unlock(&r, &lease).await?;
@@ -357,8 +371,15 @@ pub async fn queue_depth(
             .entry
             .owner
             .owner;
+        // The owner string proves nothing: the reservation's request id collects the
+        // grant (docs/contract.md, rule 5).
+        let id = reservation_id(&run, &to);
         let relock = b
-            .try_lock(LockRequest::new(r.clone(), to).with_ttl(ttl))
+            .try_lock(
+                LockRequest::new(r.clone(), to)
+                    .with_ttl(ttl)
+                    .with_request_id(id),
+            )
             .await?;
         lease = relock
             .lock

@@ -823,7 +823,7 @@ pub fn render(r: &Results, previous: &str, plots: &str, files: &[String]) -> Str
     } else {
         let _ = writeln!(
             o,
-            "One resource with a holder and N reservations queued. Each round: one more reservation is enqueued (timed: TryLock with reserve), the holder unlocks (timed: the same step grants the head reservation), the new holder re-locks to learn its lease (untimed). The queue stays at N. Library calls, one at a time.\n\n| backend | queued | enqueue p50 | enqueue p99 | hand-off (unlock) p50 | hand-off p99 |\n|---|---|---|---|---|---|"
+            "One resource with a holder and N reservations queued. Each round: one more reservation is enqueued (timed: TryLock with reserve), the holder unlocks (timed: the same step grants the head reservation), the new holder collects its lease with its reservation's request id (untimed). The queue stays at N. Library calls, one at a time.\n\n| backend | queued | enqueue p50 | enqueue p99 | hand-off (unlock) p50 | hand-off p99 |\n|---|---|---|---|---|---|"
         );
         for q in &r.queue_scale {
             let _ = writeln!(
