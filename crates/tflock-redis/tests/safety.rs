@@ -1,8 +1,9 @@
-//! Issue 15's safety holes on Redis, each on a real redis-server: empty or malformed
-//! lease ids never force, force unlock and cancel check what the admin saw in the same
-//! script, replays answer from the present, a re-lock needs proof, request ids are
-//! never shown, a waiter cut off during `WAIT` does not keep the lock for its TTL, and
-//! with `min_replicas_ack` every acknowledged change waits for the replicas.
+//! Issue 15's safety holes that only Redis has, each on a real redis-server: a waiter
+//! cut off during `WAIT` does not keep the lock for its TTL, with `min_replicas_ack`
+//! every acknowledged change waits for the replicas, and a retry of a call that still
+//! waits joins its entry. The backend-independent rules (lease ids checked, expected
+//! token and resource, replays from the present, re-lock proof, request ids secret) are
+//! conformance cases (`tflock_conformance::cases::*`), run on every topology.
 
 mod common;
 
@@ -10,9 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tflock_core::{
-    Backend, BackendError, CancelError, FencingToken, LeaseId, LockRequest, LockSettings,
-    NotAcquiredReason, Owner, RefreshError, Resource, SystemClock, TransferAuth, TransferError,
-    TryLockError, UnlockError,
+    Backend, BackendError, LockRequest, LockSettings, NotAcquiredReason, Owner, Resource,
+    SystemClock, TransferAuth, TryLockError,
 };
 use tflock_redis::{RedisBackend, RedisConfig};
 use tflock_testkit::{RedisOptions, RedisServer};
@@ -43,12 +43,6 @@ async fn grant(b: &RedisBackend, req: LockRequest) -> tflock_core::Lock {
     r.lock.unwrap()
 }
 
-fn reservation(r: &Resource, owner: &str) -> LockRequest {
-    let mut req = LockRequest::new(r.clone(), owner);
-    req.reserve = true;
-    req
-}
-
 /// The topology-independent cases, on standalone and on a Cluster with replicas.
 macro_rules! on_topologies {
     ($($case:ident),* $(,)?) => {
@@ -71,272 +65,7 @@ macro_rules! on_topologies {
     };
 }
 
-on_topologies!(
-    empty_or_malformed_lease_never_forces,
-    force_unlock_checks_expected_token,
-    cancel_checks_expected_resource,
-    replay_of_an_ended_lease_is_lease_lost,
-    replay_of_a_reservation_answers_its_entry_now,
-    relock_needs_the_lease_or_the_grants_request_id,
-    request_ids_are_never_shown,
-    waiting_retry_joins_the_first_calls_entry,
-);
-
-// ---- 4: an empty or malformed lease id is refused before anything is sent ----
-
-async fn empty_or_malformed_lease_never_forces(base: fn() -> RedisConfig) {
-    let b = backend(base).await;
-    let r = resource("o/empty-lease");
-    let lock = grant(&b, LockRequest::new(r.clone(), "holder")).await;
-    for bad in [
-        "",
-        "short",
-        "has spaces in it ok",
-        "{\"json\":\"document!!\"}",
-    ] {
-        let lease = LeaseId(bad.to_string());
-        let u = b.unlock(&r, &lease).await;
-        assert!(
-            matches!(&u, Err(UnlockError::Invalid(e)) if e.field == "lease_id"),
-            "unlock with {bad:?}: {u:?}"
-        );
-        let f = b.refresh_lock(&r, &lease, Duration::from_secs(60)).await;
-        assert!(
-            matches!(&f, Err(RefreshError::Invalid(e)) if e.field == "lease_id"),
-            "refresh with {bad:?}: {f:?}"
-        );
-        let t = b
-            .transfer_lock(
-                &r,
-                TransferAuth::Lease(lease.clone()),
-                Owner::named("thief"),
-            )
-            .await;
-        assert!(
-            matches!(&t, Err(TransferError::Invalid(e)) if e.field == "lease_id"),
-            "transfer with {bad:?}: {t:?}"
-        );
-        let held = b.get_lock(&r).await.unwrap().expect("still held");
-        assert_eq!(held.owner.owner, "holder");
-        assert_eq!(held.fencing_token, lock.fencing_token);
-    }
-    // A well-formed lease that is not the holder's is NotOwner / LeaseLost.
-    let other = LeaseId("0123456789abcdef0123456789abcdef".into());
-    assert!(matches!(
-        b.unlock(&r, &other).await,
-        Err(UnlockError::NotOwner)
-    ));
-    assert!(matches!(
-        b.transfer_lock(&r, TransferAuth::Lease(other), Owner::named("thief"))
-            .await,
-        Err(TransferError::LeaseLost)
-    ));
-    b.unlock(&r, lock.lease_id.as_ref().unwrap()).await.unwrap();
-}
-
-// ---- 5: force unlock's expected token, cancel's expected resource ----
-
-async fn force_unlock_checks_expected_token(base: fn() -> RedisConfig) {
-    let b = backend(base).await;
-    let r = resource("o/force-token");
-    let lock = grant(&b, LockRequest::new(r.clone(), "holder")).await;
-    let stale = FencingToken(lock.fencing_token.0 + 7);
-    match b.force_unlock(&r, Some(stale)).await {
-        Err(UnlockError::Changed { expected, current }) => {
-            assert_eq!(expected, stale);
-            assert_eq!(current, lock.fencing_token);
-        }
-        other => panic!("force unlock with a stale token: {other:?}"),
-    }
-    assert_eq!(
-        b.get_lock(&r).await.unwrap().map(|l| l.fencing_token),
-        Some(lock.fencing_token),
-        "nothing released"
-    );
-    let u = b
-        .force_unlock(&r, Some(lock.fencing_token))
-        .await
-        .expect("force with the live token");
-    assert_eq!(u.released.fencing_token, lock.fencing_token);
-    assert_eq!(b.get_lock(&r).await.unwrap(), None);
-}
-
-async fn cancel_checks_expected_resource(base: fn() -> RedisConfig) {
-    let b = backend(base).await;
-    let r = resource("o/cancel-here");
-    let elsewhere = resource("o/cancel-elsewhere");
-    let lock = grant(&b, LockRequest::new(r.clone(), "holder")).await;
-    let placed = b.try_lock(reservation(&r, "queued")).await.unwrap();
-    let id = placed.queue.expect("reserved").entry_id;
-    assert!(matches!(
-        b.cancel_queue_entry(&id, Some(&elsewhere)).await,
-        Err(CancelError::NotFound)
-    ));
-    assert_eq!(b.get_queue_status(&r).await.unwrap().entries.len(), 1);
-    let v = b.cancel_queue_entry(&id, Some(&r)).await.expect("cancel");
-    assert_eq!(v.entry.entry_id, id);
-
-    // An entry granted in the meantime is not the entry the admin saw.
-    let placed = b.try_lock(reservation(&r, "queued2")).await.unwrap();
-    let id = placed.queue.expect("reserved").entry_id;
-    b.unlock(&r, lock.lease_id.as_ref().unwrap()).await.unwrap();
-    assert_eq!(
-        b.get_lock(&r).await.unwrap().map(|l| l.owner.owner),
-        Some("queued2".into())
-    );
-    assert!(matches!(
-        b.cancel_queue_entry(&id, Some(&r)).await,
-        Err(CancelError::NotFound)
-    ));
-}
-
-// ---- 1: replays answer from the present ----
-
-async fn replay_of_an_ended_lease_is_lease_lost(base: fn() -> RedisConfig) {
-    let b = backend(base).await;
-    let r = resource("o/replay");
-    let req = LockRequest::new(r.clone(), "o/replay#1").with_request_id("rid-replay-1");
-    let lock = grant(&b, req.clone()).await;
-
-    // Live: the same grant.
-    let again = b.try_lock(req.clone()).await.unwrap();
-    assert!(again.acquired);
-    assert_eq!(again.lock.as_ref().unwrap().lease_id, lock.lease_id);
-
-    // Released: lease_lost, nothing held.
-    b.unlock(&r, lock.lease_id.as_ref().unwrap()).await.unwrap();
-    let gone = b.try_lock(req.clone()).await.unwrap();
-    assert!(!gone.acquired, "a replay of a released lease: {gone:?}");
-    assert_eq!(gone.reason, Some(NotAcquiredReason::LeaseLost));
-    assert_eq!(gone.lock, None);
-
-    // Someone else holds it now: lease_lost with the holder's public view.
-    let other = grant(&b, LockRequest::new(r.clone(), "o/replay#2")).await;
-    let gone = b.try_lock(req.clone()).await.unwrap();
-    assert!(!gone.acquired, "{gone:?}");
-    assert_eq!(gone.reason, Some(NotAcquiredReason::LeaseLost));
-    let shown = gone.lock.expect("the holder's view");
-    assert_eq!(shown.fencing_token, other.fencing_token);
-    assert_eq!(shown.lease_id, None, "public view only");
-
-    // Forced and transferred leases are lost too.
-    b.force_unlock(&r, None).await.unwrap();
-    let req3 = LockRequest::new(r.clone(), "o/replay#3").with_request_id("rid-replay-3");
-    let l3 = grant(&b, req3.clone()).await;
-    b.transfer_lock(
-        &r,
-        TransferAuth::Lease(l3.lease_id.clone().unwrap()),
-        Owner::named("o/replay#4"),
-    )
-    .await
-    .unwrap();
-    let gone = b.try_lock(req3.clone()).await.unwrap();
-    assert!(!gone.acquired, "a replay of a transferred lease: {gone:?}");
-    assert_eq!(gone.reason, Some(NotAcquiredReason::LeaseLost));
-    assert_eq!(gone.lock.unwrap().lease_id, None);
-}
-
-async fn replay_of_a_reservation_answers_its_entry_now(base: fn() -> RedisConfig) {
-    let b = backend(base).await;
-    let r = resource("o/replay-q");
-    let holder = grant(&b, LockRequest::new(r.clone(), "holder")).await;
-    let req = reservation(&r, "o/replay-q#1").with_request_id("rid-replay-q");
-    let first = b.try_lock(req.clone()).await.unwrap();
-    let id = first.queue.clone().expect("reserved").entry_id;
-    let again = b.try_lock(req.clone()).await.unwrap();
-    assert_eq!(again.queue.as_ref().map(|q| &q.entry_id), Some(&id));
-    assert_eq!(b.get_queue_status(&r).await.unwrap().entries.len(), 1);
-    b.cancel_queue_entry(&id, None).await.unwrap();
-    let gone = b.try_lock(req.clone()).await.unwrap();
-    assert!(!gone.acquired && gone.queue.is_none(), "{gone:?}");
-    assert_eq!(gone.reason, Some(NotAcquiredReason::LeaseLost));
-    assert_eq!(b.get_queue_status(&r).await.unwrap().entries.len(), 0);
-
-    // Granted to the reservation: a replay is that live grant.
-    let req2 = reservation(&r, "o/replay-q#2").with_request_id("rid-replay-q2");
-    b.try_lock(req2.clone()).await.unwrap();
-    b.unlock(&r, holder.lease_id.as_ref().unwrap())
-        .await
-        .unwrap();
-    let now = b.try_lock(req2.clone()).await.unwrap();
-    assert!(now.acquired, "{now:?}");
-    assert_eq!(now.lock.as_ref().unwrap().owner.owner, "o/replay-q#2");
-    assert!(now.lock.as_ref().unwrap().lease_id.is_some());
-}
-
-// ---- 2: a re-lock needs proof ----
-
-async fn relock_needs_the_lease_or_the_grants_request_id(base: fn() -> RedisConfig) {
-    let b = backend(base).await;
-    let r = resource("o/relock");
-    let lock = grant(&b, LockRequest::new(r.clone(), "o/relock#1")).await;
-
-    // The owner string alone proves nothing, also with wait or reserve.
-    for req in [
-        LockRequest::new(r.clone(), "o/relock#1"),
-        LockRequest::new(r.clone(), "o/relock#1").with_wait(Duration::from_secs(5)),
-        reservation(&r, "o/relock#1"),
-    ] {
-        let started = Instant::now();
-        let a = b.try_lock(req).await.unwrap();
-        assert!(!a.acquired, "a re-lock without proof: {a:?}");
-        assert_eq!(a.reason, Some(NotAcquiredReason::HeldByOwner));
-        assert_eq!(a.queue, None);
-        assert_eq!(a.lock.as_ref().unwrap().lease_id, None, "public view");
-        assert!(started.elapsed() < Duration::from_secs(2), "did not wait");
-        assert!(b.get_queue_status(&r).await.unwrap().entries.is_empty());
-    }
-
-    // With the lease: same lease and token, expiry pushed out.
-    let req = LockRequest::new(r.clone(), "o/relock#1")
-        .with_ttl(Duration::from_secs(3600))
-        .with_lease_id(lock.lease_id.clone().unwrap());
-    let again = grant(&b, req).await;
-    assert_eq!(again.lease_id, lock.lease_id);
-    assert_eq!(again.fencing_token, lock.fencing_token);
-    assert!(again.expires_at > lock.expires_at);
-
-    // A wrong lease is no proof either.
-    let req = LockRequest::new(r.clone(), "o/relock#1")
-        .with_lease_id(LeaseId("0123456789abcdef0123456789abcdef".into()));
-    let a = b.try_lock(req).await.unwrap();
-    assert_eq!(a.reason, Some(NotAcquiredReason::HeldByOwner));
-}
-
-// ---- 3: request ids are never shown ----
-
-async fn request_ids_are_never_shown(base: fn() -> RedisConfig) {
-    let b = backend(base).await;
-    let r = resource("o/secret-rid");
-    grant(&b, LockRequest::new(r.clone(), "holder")).await;
-    let req = reservation(&r, "o/secret-rid#7").with_request_id("rid-secret-1");
-    let placed = b.try_lock(req.clone()).await.unwrap();
-    let id = placed.queue.unwrap().entry_id;
-    for e in b.get_queue_status(&r).await.unwrap().entries {
-        assert_eq!(e.entry.request_id, None);
-    }
-    // The admin export keeps it.
-    let snap = b.export().await.unwrap();
-    let q = &snap
-        .resources
-        .iter()
-        .find(|x| x.resource == r)
-        .unwrap()
-        .queue;
-    assert_eq!(q[0].request_id.as_deref(), Some("rid-secret-1"));
-    let v = b.cancel_queue_entry(&id, None).await.unwrap();
-    assert_eq!(v.entry.request_id, None, "cancel's answer");
-
-    b.try_lock(req.with_request_id("rid-secret-2"))
-        .await
-        .unwrap();
-    let pulled = b.unlock_by_pull("o/secret-rid", 7).await.unwrap();
-    assert_eq!(pulled.cancelled.len(), 1);
-    assert_eq!(
-        pulled.cancelled[0].request_id, None,
-        "unlock by pull's answer"
-    );
-}
+on_topologies!(waiting_retry_joins_the_first_calls_entry,);
 
 // ---- 6 and 7: min_replicas_ack, with a real replica stopped ----
 
