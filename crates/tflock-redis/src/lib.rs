@@ -711,25 +711,37 @@ impl Inner {
     }
 
     /// `rollback.lua` for an unconfirmed grant, retried while Redis cannot be reached
-    /// (bounded by `claim_timeout` plus a minute, like a waiter's abandon).
+    /// (bounded like a waiter's abandon, see [`Inner::run_retrying`]).
     async fn rollback_retrying(&self, bucket: usize, sk: &str, lease: &str) {
+        let script = &self.scripts.rollback;
+        self.run_retrying(
+            script,
+            bucket,
+            &[sk, lease],
+            "rolling back an unconfirmed grant",
+        )
+        .await;
+    }
+
+    /// Runs a clean-up script that must happen once Redis answers again (a rollback,
+    /// a waiter's abandon): retried with back-off while Redis cannot be reached, until
+    /// it ran, the backend closes, or `claim_timeout` plus a minute has passed, after
+    /// which the sweeper has settled what the script would have.
+    async fn run_retrying(&self, script: &Script, bucket: usize, args: &[&str], what: &str) {
         let give_up = Instant::now() + self.settings.claim_timeout + Duration::from_secs(60);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self
-                .run::<StatusReply>(&self.scripts.rollback, bucket, &[sk, lease], true)
-                .await
-            {
+            match self.run::<StatusReply>(script, bucket, args, true).await {
                 Ok(_) => return,
                 Err(BackendError::Unavailable(e))
                     if !self.is_closed() && Instant::now() + backoff < give_up =>
                 {
-                    tracing::debug!("rolling back an unconfirmed grant failed, retrying: {e}");
+                    tracing::debug!("{what} failed, retrying: {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
-                    tracing::warn!("rolling back an unconfirmed grant failed: {e}");
+                    tracing::warn!("{what} failed: {e}");
                     return;
                 }
             }
@@ -875,28 +887,14 @@ impl Inner {
     /// after which the sweeper drops such an entry anyway.
     async fn abandon_retrying(&self, bucket: usize, sk: &str, entry_id: &str, has_rid: bool) {
         let args = [sk, entry_id, if has_rid { "1" } else { "0" }];
-        let give_up = Instant::now() + self.settings.claim_timeout + Duration::from_secs(60);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self
-                .run::<StatusReply>(&self.scripts.abandon, bucket, &args, true)
-                .await
-            {
-                Ok(_) => return,
-                Err(BackendError::Unavailable(e))
-                    if !self.is_closed() && Instant::now() + backoff < give_up =>
-                {
-                    tracing::debug!("removing an abandoned waiter's entry failed, retrying: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    // The entry stays until the sweeper drops it after its deadline.
-                    tracing::warn!("removing an abandoned waiter's entry failed: {e}");
-                    return;
-                }
-            }
-        }
+        // On giving up, the entry stays until the sweeper drops it after its deadline.
+        self.run_retrying(
+            &self.scripts.abandon,
+            bucket,
+            &args,
+            "removing an abandoned waiter's entry",
+        )
+        .await;
     }
 }
 

@@ -330,27 +330,7 @@ async fn hung_redis_is_unavailable_within_read_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_replicas_ack_confirms_or_rolls_back() {
-    let primary = start(RedisOptions::default()).await;
-    let replica =
-        start(RedisOptions::default().config(&format!("replicaof 127.0.0.1 {}", primary.port())))
-            .await;
-    let p = primary.clone();
-    tokio::task::spawn_blocking(move || {
-        tflock_testkit::wait_until(
-            tflock_testkit::DEFAULT_TIMEOUT,
-            "the replica is linked",
-            || {
-                let n = p.info_field("replication", "connected_slaves");
-                if n.as_deref() == Some("1") {
-                    Ok(())
-                } else {
-                    Err(format!("connected_slaves: {n:?}"))
-                }
-            },
-        )
-    })
-    .await
-    .unwrap();
+    let (primary, replica) = common::primary_and_replica().await;
 
     let one = RedisConfig {
         min_replicas_ack: 1,

@@ -15,7 +15,7 @@ use tflock_core::{
     SystemClock, TransferAuth, TryLockError,
 };
 use tflock_redis::{RedisBackend, RedisConfig};
-use tflock_testkit::{RedisOptions, RedisServer};
+use tflock_testkit::RedisServer;
 
 fn resource(repo: &str) -> Resource {
     Resource::new(repo, ".", "default", "").unwrap()
@@ -69,32 +69,6 @@ on_topologies!(waiting_retry_joins_the_first_calls_entry,);
 
 // ---- 6 and 7: min_replicas_ack, with a real replica stopped ----
 
-/// A primary and its replica, linked.
-async fn primary_and_replica() -> (Arc<RedisServer>, Arc<RedisServer>) {
-    tokio::task::spawn_blocking(|| {
-        let primary = Arc::new(RedisServer::start(RedisOptions::default()));
-        let replica = Arc::new(RedisServer::start(
-            RedisOptions::default().config(&format!("replicaof 127.0.0.1 {}", primary.port())),
-        ));
-        let p = primary.clone();
-        tflock_testkit::wait_until(
-            tflock_testkit::DEFAULT_TIMEOUT,
-            "the replica is linked",
-            || {
-                let n = p.info_field("replication", "connected_slaves");
-                if n.as_deref() == Some("1") {
-                    Ok(())
-                } else {
-                    Err(format!("connected_slaves: {n:?}"))
-                }
-            },
-        );
-        (primary, replica)
-    })
-    .await
-    .unwrap()
-}
-
 fn acked(primary: &RedisServer) -> RedisConfig {
     RedisConfig {
         key_prefix: common::fresh_prefix(),
@@ -123,7 +97,7 @@ fn unavailable<T: std::fmt::Debug, E: std::fmt::Debug>(r: &Result<T, E>) -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_change_waits_for_the_replica() {
-    let (primary, replica) = primary_and_replica().await;
+    let (primary, replica) = common::primary_and_replica().await;
     let b = backend_with(acked(&primary), LockSettings::default()).await;
     let rs: Vec<Resource> = (0..4).map(|i| resource(&format!("o/acked-{i}"))).collect();
     let mut locks = Vec::new();
@@ -180,7 +154,7 @@ async fn every_acknowledged_change_waits_for_the_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiter_cut_off_during_wait_frees_the_lock_within_claim_timeout() {
-    let (primary, replica) = primary_and_replica().await;
+    let (primary, replica) = common::primary_and_replica().await;
     let claim = Duration::from_secs(2);
     let settings = LockSettings {
         claim_timeout: claim,

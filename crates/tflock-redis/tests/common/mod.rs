@@ -165,3 +165,29 @@ impl Store for RedisStore {
         .expect("reconnect to Redis");
     }
 }
+
+/// A fresh primary and a replica of it, started and linked (`connected_slaves: 1`),
+/// for tests of `min_replicas_ack`.
+pub async fn primary_and_replica() -> (Arc<RedisServer>, Arc<RedisServer>) {
+    tokio::task::spawn_blocking(|| {
+        let primary = Arc::new(RedisServer::start(RedisOptions::default()));
+        let replica = Arc::new(RedisServer::start(
+            RedisOptions::default().config(&format!("replicaof 127.0.0.1 {}", primary.port())),
+        ));
+        tflock_testkit::wait_until(
+            tflock_testkit::DEFAULT_TIMEOUT,
+            "the replica is linked",
+            || {
+                let n = primary.info_field("replication", "connected_slaves");
+                if n.as_deref() == Some("1") {
+                    Ok(())
+                } else {
+                    Err(format!("connected_slaves: {n:?}"))
+                }
+            },
+        );
+        (primary, replica)
+    })
+    .await
+    .unwrap()
+}
