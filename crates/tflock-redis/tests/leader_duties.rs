@@ -234,9 +234,19 @@ async fn the_leader_removes_the_waiters_of_dead_servers() {
         || async { b_queue_len(&lead, &r).await == 1 },
     )
     .await;
-    let left = std::iter::from_fn(|| events.try_recv().ok())
-        .find(|e| e.event == EventKind::QueueLeft)
-        .expect("queue.left for the removed entry");
+    // Events come back through Redis pub/sub (the relay), so the event may arrive
+    // after the queue already shows the removal: wait for it rather than poll once.
+    let left = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Ok(e) if e.event == EventKind::QueueLeft => break e,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("queue.left for the removed entry within 5 s");
     assert_eq!(left.owner, "ghost");
     let status = lead.get_queue_status(&r).await.unwrap();
     assert_eq!(status.entries[0].entry.owner.owner, "alive");
