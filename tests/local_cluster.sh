@@ -52,11 +52,42 @@ trap cleanup EXIT
 
 record_pids() { cat "$LOCAL_CLUSTER_DIR"/*/pid >>"$pids_seen" 2>/dev/null || true; }
 
-# 1. up from nothing (builds the release binary when it is not fresh).
+# 1. up from nothing (builds the release binary when it is not fresh), its output
+#    read through a pipe as by `up 2>&1 | tee up.log`, with one more descriptor open
+#    (fd 4) as a caller may pass: the reader sees the end of the output once up
+#    returns, because no daemon keeps up's stderr, fd 3 or fd 4.
 start=$SECONDS
-if scripts/local-cluster up >"$work/up.log" 2>&1; then
+mkfifo "$work/up.pipe"
+cat "$work/up.pipe" >"$work/up.log" &
+reader=$!
+up_rc=0
+scripts/local-cluster up >"$work/up.pipe" 2>&1 4>"$work/extra-fd" || up_rc=$?
+for _ in $(seq 1 100); do
+  kill -0 "$reader" 2>/dev/null || break
+  sleep 0.1
+done
+if kill -0 "$reader" 2>/dev/null; then
+  record_pids
+  bad "up returned but its output pipe is still open 10s later (a daemon inherited it)"
+  kill "$reader" 2>/dev/null || true
+fi
+wait "$reader" 2>/dev/null || true
+if [ "$up_rc" = 0 ]; then
   record_pids
   ok "up in $((SECONDS - start))s: redis ${redis_ports[*]}, tflock ${tflock_ports[*]}"
+  held=""
+  for pid in $(cat "$LOCAL_CLUSTER_DIR"/*/pid); do
+    for fd in /proc/"$pid"/fd/*; do
+      case "$(readlink "$fd" 2>/dev/null)" in
+        "$work/up.pipe" | "$work/extra-fd") held="$held $pid:${fd##*/}" ;;
+      esac
+    done
+  done
+  if [ -z "$held" ]; then
+    ok "no daemon holds a descriptor of the caller (up's output pipe, fd 4)"
+  else
+    bad "daemons hold the caller's descriptors:$held"
+  fi
 else
   record_pids
   cat "$work/up.log"
