@@ -115,6 +115,7 @@ macro_rules! __with_cases {
             expiry_hands_off_to_a_waiter_by_itself,
             expiry_hands_off_to_a_reservation_by_itself,
             fencing_tokens_strictly_increase,
+            fencing_tokens_are_floored_at_the_clock,
             locks_survive_reopen,
             // Queries and queue management
             list_locks_filters_by_repo_owner_and_user,

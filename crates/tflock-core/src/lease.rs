@@ -86,6 +86,21 @@ impl fmt::Debug for LeaseId {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FencingToken(pub u64);
 
+impl FencingToken {
+    /// The token a grant takes after `previous` (the resource's last stored token, 0
+    /// for none) at `now` on the store's clock: one more than the last, but never
+    /// below the clock in microseconds. The clock floor is what keeps tokens going up
+    /// when the store lost its counters (a Redis restart without its data, an old
+    /// backup, a lagged replica promoted): every token issued before the loss was
+    /// issued at an earlier instant and, one grant per script run taking far more
+    /// than a microsecond, is not ahead of the clock (docs/contract.md, "Fencing
+    /// token"). µs since the epoch stay below 2^53 (JSON's exact integers) until the
+    /// year 2255.
+    pub fn next_after(previous: u64, now: crate::time::Timestamp) -> FencingToken {
+        FencingToken(previous.saturating_add(1).max(now.0))
+    }
+}
+
 impl fmt::Display for FencingToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -268,10 +268,12 @@ impl State {
         }
     }
 
-    fn next_token(&mut self, key: &str) -> FencingToken {
+    /// The contract's token rule ([`FencingToken::next_after`]): floored at the clock,
+    /// so a file replaced by an older copy still never hands out a token it gave.
+    fn next_token(&mut self, key: &str, now: Timestamp) -> FencingToken {
         let t = self.tokens.entry(key.to_string()).or_insert(0);
-        *t += 1;
-        let token = FencingToken(*t);
+        let token = FencingToken::next_after(*t, now);
+        *t = token.0;
         self.dirty_tokens.insert(key.to_string());
         token
     }
@@ -415,7 +417,7 @@ impl State {
         request_id: Option<String>,
         now: Timestamp,
     ) -> FencingToken {
-        let token = self.next_token(key);
+        let token = self.next_token(key, now);
         let claim_pending = entry_id.is_some();
         let owner_name = owner.owner.clone();
         let lock = Lock {
@@ -938,7 +940,7 @@ impl State {
 
     /// Gives the lock to `to`: new lease id and token, same TTL from now.
     pub fn transfer(&mut self, key: &str, to: Owner, now: Timestamp) -> Option<Lock> {
-        let token = self.next_token(key);
+        let token = self.next_token(key, now);
         let rec = self.resources.get_mut(key)?;
         let l = rec.lock.as_mut()?;
         let from = l.lock.owner.owner.clone();
@@ -1091,8 +1093,8 @@ impl State {
                         lock.lease_id = Some(LeaseId::generate());
                     }
                     if lock.fencing_token.0 <= before {
-                        counter += 1;
-                        lock.fencing_token = FencingToken(counter);
+                        lock.fencing_token = FencingToken::next_after(counter, ctx.now);
+                        counter = lock.fencing_token.0;
                         report.retokened += 1;
                     }
                     counter = counter.max(lock.fencing_token.0);

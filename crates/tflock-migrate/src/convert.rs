@@ -7,9 +7,10 @@
 //! can carry a credential is kept except the pull request URL, and that goes through
 //! [`strip_credentials`]; `BaseRepo.CloneURL` (which holds the VCS token) is dropped.
 //!
-//! The snapshot's leases get fresh lease ids, `fencing_token: 1` and `last_token: 0`:
-//! the store's import raises the token above any the store granted before for the
-//! resource, so a fencing token never goes back.
+//! The snapshot's leases get fresh lease ids, the token a first grant at `now` takes
+//! (the clock in µs, [`FencingToken::next_after`]) and `last_token: 0`: the store's
+//! import raises the token above any the store granted before for the resource, so a
+//! fencing token never goes back, also on a store that lost its counters.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -136,7 +137,7 @@ impl fmt::Display for Summary {
 /// The lock an Atlantis record stands for: owner `{repo}#{pull}`, user and pull
 /// request as metadata (credentials stripped), acquired at the record's time (now
 /// when it has none), expiring at `now + ttl`, with a fresh lease id and
-/// `fencing_token` 1. `Err` names what is wrong with the record.
+/// the token a first grant at `now` takes. `Err` names what is wrong with the record.
 pub fn lock_from_atlantis(
     record: &ProjectLock,
     ttl: Duration,
@@ -184,7 +185,7 @@ pub fn lock_from_atlantis(
         resource,
         owner,
         priority: Priority::Normal,
-        fencing_token: FencingToken(1),
+        fencing_token: FencingToken::next_after(0, now),
         acquired_at,
         expires_at: now.add(ttl),
         ttl,

@@ -86,7 +86,8 @@ fn the_fixture_converts_exactly() {
         let l = rs.lock.as_ref().unwrap();
         assert_eq!(l.resource, rs.resource);
         assert_eq!(l.key, rs.resource.lock_key());
-        assert_eq!(l.fencing_token.0, 1);
+        // A first grant's token at the import's instant: the clock floor in µs.
+        assert_eq!(l.fencing_token.0, now.0);
         assert_eq!(l.expires_at, now.add(ttl));
         assert_eq!(l.ttl, ttl);
         assert!(!l.claim_pending);

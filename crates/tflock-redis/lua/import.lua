@@ -51,8 +51,10 @@ if lock then
   else
     local token = tonumber(lock.token)
     if token <= before then
-      counter = counter + 1
-      token = counter
+      -- The grant rule (prelude next_token): above the counter, floored at the clock.
+      token = counter + 1
+      if NOW > token then token = NOW end
+      counter = token
       r.retokened = 1
     end
     if token > counter then counter = token end

@@ -187,11 +187,22 @@ local function wake(id, why)
   redis.call('PEXPIRE', k, fmt(math.floor(CLAIM / 1000) + 600000))
 end
 
+-- The resource's next fencing token (tflock_core FencingToken::next_after): one
+-- more than the last, never below the clock in µs. The floor keeps tokens going up
+-- when Redis lost the counter (restart without persistence, an old backup, a lagged
+-- replica promoted): docs/contract.md, "Fencing token".
+local function next_token(sk)
+  local t = tonumber(redis.call('GET', k_token(sk)) or '0') + 1
+  if NOW > t then t = NOW end
+  redis.call('SET', k_token(sk), fmt(t))
+  redis.call('ZADD', K_TIDX, 0, sk)
+  return t
+end
+
 -- Makes `who` the holder with a new lease and token. `hold` µs is how long the lease
 -- lasts now: the claim window for a waiter, else its ttl. Returns the lock table.
 local function grant(sk, who, ttl, hold, entry, rid)
-  local token = redis.call('INCR', k_token(sk))
-  redis.call('ZADD', K_TIDX, 0, sk)
+  local token = next_token(sk)
   local l = {
     owner = who.owner, user = who.user or '', pull = who.pull or '', meta = who.meta,
     prio = tostring(who.prio), lease = new_id(32), token = fmt(token),

@@ -23,8 +23,7 @@ local l = settle(sk)
 if not l then return reply({ r = 'nf' }) end
 if mode == 'lease' and (lease == '' or l.lease ~= lease) then return reply({ r = 'lost' }) end
 if l.entry ~= '' then redis.call('DEL', k_wake(l.entry)) end
-local token = redis.call('INCR', k_token(sk))
-redis.call('ZADD', K_TIDX, 0, sk)
+local token = next_token(sk)
 l.owner, l.user, l.pull, l.meta = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 l.token = fmt(token)
 l.lease = new_id(32)

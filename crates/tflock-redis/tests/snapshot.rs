@@ -61,9 +61,11 @@ async fn export_is_complete(base: fn() -> RedisConfig) {
         }
         want.insert(r.storage_key(), (l.fencing_token.0, held));
     }
-    // One resource in each other bucket, locked twice over (token 2), then freed.
+    // One resource in each other bucket, locked twice over, then freed: the export
+    // carries the second grant's token, above the first's.
     for bucket in (0..64).filter(|b| *b != 5) {
         let r = same_bucket(1, bucket).remove(0);
+        let mut last = 0;
         for _ in 0..2 {
             let l = b
                 .try_lock(LockRequest::new(r.clone(), "x"))
@@ -71,9 +73,11 @@ async fn export_is_complete(base: fn() -> RedisConfig) {
                 .unwrap()
                 .lock
                 .unwrap();
+            assert!(l.fencing_token.0 > last, "tokens go up: {l:?}");
+            last = l.fencing_token.0;
             b.unlock(&r, l.lease_id.as_ref().unwrap()).await.unwrap();
         }
-        want.insert(r.storage_key(), (2, false));
+        want.insert(r.storage_key(), (last, false));
     }
 
     let snapshot = b.export().await.expect("export");
@@ -236,7 +240,8 @@ async fn a_bad_snapshot_is_rejected_and_changes_nothing() {
         .unwrap()
         .lock
         .unwrap();
-    assert_eq!(next.fencing_token, FencingToken(1));
+    // A first grant's token: the clock floor (the failed imports raised nothing).
+    assert_eq!(next.fencing_token, FencingToken(now.0));
 }
 
 async fn foreign_snapshot_is_imported(base: fn() -> RedisConfig) {
@@ -315,10 +320,10 @@ async fn foreign_snapshot_is_imported(base: fn() -> RedisConfig) {
         "{ids:?}"
     );
     // A reservation on a free resource is granted as the import settles it, with a
-    // token above the snapshot's.
+    // token above the snapshot's 3: the grant rule's clock floor.
     let granted = b.get_lock(&free).await.unwrap().expect("handed on");
     assert_eq!(granted.owner.owner, "erin");
-    assert_eq!(granted.fencing_token, FencingToken(4));
+    assert_eq!(granted.fencing_token, FencingToken(now.0));
     assert_eq!(b.get_user_queue("bob").await.unwrap().len(), 1);
 
     // Entry ids that do not name their bucket can still be cancelled.
@@ -364,9 +369,13 @@ async fn an_expired_lease_in_the_store_is_no_conflict_also_in_a_dry_run() {
     let clock = ManualClock::starting_now();
     let b = backend(common::standalone, Arc::new(clock.clone())).await;
     let r = resource("o/expiring");
-    b.try_lock(LockRequest::new(r.clone(), "old").with_ttl(Duration::from_secs(60)))
+    let old = b
+        .try_lock(LockRequest::new(r.clone(), "old").with_ttl(Duration::from_secs(60)))
         .await
-        .unwrap();
+        .unwrap()
+        .lock
+        .unwrap()
+        .fencing_token;
     clock.advance(Duration::from_secs(120));
     let now = tflock_core::Clock::now(&clock);
     let snap = snapshot(vec![ResourceSnapshot {
@@ -391,9 +400,10 @@ async fn an_expired_lease_in_the_store_is_no_conflict_also_in_a_dry_run() {
     }
     let got = b.get_lock(&r).await.unwrap().expect("installed");
     assert_eq!(got.owner.owner, "new");
-    assert_eq!(
-        got.fencing_token,
-        FencingToken(2),
-        "above the expired lease's 1"
+    assert!(
+        got.fencing_token > old,
+        "above the expired lease's {old}: {got:?}"
     );
+    // The grant rule: floored at the clock, which moved on by two minutes.
+    assert_eq!(got.fencing_token, FencingToken(now.0));
 }

@@ -272,6 +272,34 @@ pub async fn expiry_hands_off_to_a_reservation_by_itself<H: Harness + ?Sized>(ha
     );
 }
 
+/// Tokens are floored at the store's clock in µs (docs/contract.md, "Fencing
+/// token"): a grant's token is at least the instant it was made, new grant and
+/// transfer alike, so a store that lost its counters still issues tokens above every
+/// one it issued before; and they stay below 2^53 for JSON clients.
+pub async fn fencing_tokens_are_floored_at_the_clock<H: Harness + ?Sized>(harness: &H) {
+    let fx = Fixture::default(harness).await;
+    let r = resource("o/floor");
+    let a = fx.lock(request(&r, "a")).await;
+    assert!(
+        a.fencing_token.0 >= fx.now().0,
+        "a first grant's token {} is below the clock {}",
+        a.fencing_token,
+        fx.now().0
+    );
+    fx.unlock(&a).await;
+    fx.advance(MINUTE);
+    let b = fx.lock(request(&r, "b")).await;
+    assert!(b.fencing_token.0 >= fx.now().0, "{b:?} at {}", fx.now().0);
+    fx.advance(MINUTE);
+    let c = fx
+        .backend
+        .transfer_lock(&r, TransferAuth::Admin, Owner::named("c"))
+        .await
+        .expect("transfer");
+    assert!(c.fencing_token.0 >= fx.now().0, "{c:?} at {}", fx.now().0);
+    assert!(c.fencing_token.0 < 1 << 53, "{c:?}");
+}
+
 /// Fencing tokens only go up on one resource: new grant, hand-off, transfer,
 /// unlock and re-grant, expiry and re-grant, and across restarts; a re-lock keeps it.
 pub async fn fencing_tokens_strictly_increase<H: Harness + ?Sized>(harness: &H) {

@@ -246,7 +246,8 @@ async fn a_browser_follows_locks_live_and_unlocks_as_admin() {
 
     // A lock taken through the API appears without a reload.
     let mine = resource("myorg/myrepo", ".", "default", "");
-    s.acquire(json!({"resource": mine, "owner": "myorg/myrepo#42",
+    let first = s
+        .acquire(json!({"resource": mine, "owner": "myorg/myrepo#42",
         "user": {"username": "alice", "teams": ["platform"]},
         "pull": {"num": 42, "url": "https://github.com/myorg/myrepo/pull/42", "author": "alice"},
         "ttl": "1h"}))
@@ -263,7 +264,8 @@ async fn a_browser_follows_locks_live_and_unlocks_as_admin() {
     );
     assert_eq!(
         text(&c, &format!(r#"{row} [data-field="fencing-token"]"#)).await,
-        "1"
+        first["lock"]["fencing_token"].to_string(),
+        "the grant's own token (floored at the store's clock)"
     );
     until(
         &c,
@@ -366,7 +368,10 @@ async fn a_browser_follows_locks_live_and_unlocks_as_admin() {
     click(&c, &format!("{row} th a")).await;
     element(
         &c,
-        r#"#holder[data-owner="myorg/myrepo#42"][data-token="1"]"#,
+        &format!(
+            r#"#holder[data-owner="myorg/myrepo#42"][data-token="{}"]"#,
+            first["lock"]["fencing_token"]
+        ),
     )
     .await;
     element(&c, r#"tr[data-owner="myorg/myrepo#43"][data-position="1"]"#).await;
@@ -444,11 +449,7 @@ async fn a_browser_follows_locks_live_and_unlocks_as_admin() {
     assert!(confirm.contains("myorg/myrepo#43"), "{confirm}");
     screenshot(&c, "confirm-unlock.png", None).await;
     click(&c, "#confirm-unlock").await;
-    element(
-        &c,
-        r#"#holder[data-owner="myorg/myrepo#43"][data-token="2"]"#,
-    )
-    .await;
+    element(&c, r#"#holder[data-owner="myorg/myrepo#43"]"#).await;
     assert!(text(&c, "#flash").await.contains("Force unlock done"));
     let granted = tokio::time::timeout(EVENTUALLY, waiter)
         .await
@@ -456,7 +457,18 @@ async fn a_browser_follows_locks_live_and_unlocks_as_admin() {
         .expect("the waiter task");
     assert_eq!(granted["acquired"], json!(true), "{granted}");
     assert_eq!(granted["lock"]["owner"], json!("myorg/myrepo#43"));
-    assert_eq!(granted["lock"]["fencing_token"], json!(2));
+    // Tokens are floored at the store's clock (docs/contract.md): the hand-off's is
+    // above the first holder's, and the page shows the grant's own.
+    let token = &granted["lock"]["fencing_token"];
+    assert!(
+        token.as_u64() > first["lock"]["fencing_token"].as_u64(),
+        "{granted} after {first}"
+    );
+    element(
+        &c,
+        &format!(r#"#holder[data-owner="myorg/myrepo#43"][data-token="{token}"]"#),
+    )
+    .await;
     assert_eq!(s.holder(&mine).await.as_deref(), Some("myorg/myrepo#43"));
     element(&c, r#"tr[data-event="lock.released"]"#).await;
     // The flash is for this visit only.

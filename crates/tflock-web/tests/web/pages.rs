@@ -17,10 +17,16 @@ fn count(haystack: &str, needle: &str) -> usize {
 async fn overview_reads_without_javascript() {
     let s = TestServer::start(Options::tokens()).await;
     let a = resource("myorg/myrepo", ".", "default", "");
-    s.acquire(json!({"resource": a, "owner": "myorg/myrepo#42",
+    let held = s
+        .acquire(json!({"resource": a, "owner": "myorg/myrepo#42",
         "user": {"username": "alice", "teams": ["platform"]},
         "pull": {"num": 42, "url": "https://github.com/myorg/myrepo/pull/42"}}))
         .await;
+    // Tokens are floored at the store's clock (docs/contract.md): the grant's own.
+    let token_cell = format!(
+        r#"data-field="fencing-token">{}<"#,
+        held["lock"]["fencing_token"]
+    );
     // Hostile metadata: markup in the owner, a script URL as pull request link.
     let b = resource("evil/repo", "infra", "prod", "net");
     s.acquire(json!({"resource": b, "owner": "<script>alert(1)</script>",
@@ -52,7 +58,7 @@ async fn overview_reads_without_javascript() {
         "myorg/myrepo#42",
         r#"href="https://github.com/myorg/myrepo/pull/42""#,
         ">alice<",
-        r#"data-field="fencing-token">1<"#,
+        token_cell.as_str(),
         "Held since",
         "Expires in",
         r#"<time datetime="#,
@@ -94,11 +100,15 @@ async fn overview_reads_without_javascript() {
 async fn lock_page_shows_holder_queue_in_grant_order_and_events() {
     let s = TestServer::start(Options::tokens()).await;
     let r = resource("myorg/myrepo", "stacks/app", "default", "app");
-    s.acquire(json!({"resource": r, "owner": "myorg/myrepo#42",
+    let held = s
+        .acquire(json!({"resource": r, "owner": "myorg/myrepo#42",
         "user": {"username": "alice"}, "pull": {"num": 42, "author": "alice",
         "head_branch": "feature", "base_branch": "main", "head_commit": "0123456789abcdef"},
         "note": "planning"}))
         .await;
+    // Tokens are floored at the store's clock (docs/contract.md): the page shows the
+    // grant's own token, whatever its value.
+    let token = &held["lock"]["fencing_token"];
     let low = s
         .acquire(
             json!({"resource": r, "owner": "myorg/myrepo#50", "reserve": true, "priority": "low"}),
@@ -117,7 +127,9 @@ async fn lock_page_shows_holder_queue_in_grant_order_and_events() {
     .await;
     assert!(page.contains("myorg/myrepo/stacks/app/default/app"));
     assert!(
-        page.contains(r#"id="holder" data-owner="myorg/myrepo#42" data-token="1""#),
+        page.contains(&format!(
+            r#"id="holder" data-owner="myorg/myrepo#42" data-token="{token}""#
+        )),
         "{page}"
     );
     for text in [
@@ -313,8 +325,10 @@ async fn login_sets_a_secure_http_only_strict_cookie() {
 async fn force_unlock_checks_csrf_origin_and_the_confirmed_lease() {
     let s = TestServer::start(Options::tokens()).await;
     let r = resource("myorg/myrepo", ".", "default", "");
-    s.acquire(json!({"resource": r, "owner": "myorg/myrepo#42"}))
+    let held = s
+        .acquire(json!({"resource": r, "owner": "myorg/myrepo#42"}))
         .await;
+    let token = held["lock"]["fencing_token"].to_string();
     let cookie = s.login().await;
 
     // The confirmation page carries the CSRF token and the fencing token it shows.
@@ -326,14 +340,14 @@ async fn force_unlock_checks_csrf_origin_and_the_confirmed_lease() {
     assert_eq!(status, StatusCode::OK, "{confirm}");
     assert!(confirm.contains("Nobody is waiting: the lock becomes free."));
     let csrf = form_value(&confirm, "csrf").expect("a CSRF field");
-    assert_eq!(form_value(&confirm, "fencing_token").as_deref(), Some("1"));
+    assert_eq!(form_value(&confirm, "fencing_token"), Some(token.clone()));
 
     let base = [
         ("repo", "myorg/myrepo"),
         ("path", "."),
         ("workspace", "default"),
         ("project_name", ""),
-        ("fencing_token", "1"),
+        ("fencing_token", token.as_str()),
     ];
     let with = |csrf: &str| {
         let mut f = base.to_vec();
@@ -396,7 +410,8 @@ async fn force_unlock_checks_csrf_origin_and_the_confirmed_lease() {
         .await
         .unwrap();
     assert_eq!(free.status(), StatusCode::OK);
-    s.acquire(json!({"resource": r, "owner": "myorg/myrepo#99"}))
+    let again = s
+        .acquire(json!({"resource": r, "owner": "myorg/myrepo#99"}))
         .await;
     let (status, _, body) = s
         .post_form(
@@ -415,7 +430,7 @@ async fn force_unlock_checks_csrf_origin_and_the_confirmed_lease() {
 
     // With the current fencing token it goes through, and answers 303 to the lock.
     let mut current = with(&csrf);
-    current[4].1 = "2".to_string();
+    current[4].1 = again["lock"]["fencing_token"].to_string();
     let (status, h, _) = s
         .post_form(
             "/ui/lock/unlock",
@@ -812,8 +827,10 @@ async fn tokens_are_never_logged() {
 
     let s = TestServer::start(Options::tokens()).await;
     let r = resource("myorg/myrepo", ".", "default", "");
-    s.acquire(json!({"resource": r, "owner": "myorg/myrepo#42"}))
+    let held = s
+        .acquire(json!({"resource": r, "owner": "myorg/myrepo#42"}))
         .await;
+    let token = held["lock"]["fencing_token"].to_string();
     let wrong = "a-wrong-admin-token-4411";
     s.post_form("/ui/login", &[("token", wrong)], &[]).await;
     let cookie = s.login().await;
@@ -835,7 +852,7 @@ async fn tokens_are_never_logged() {
                 ("path", "."),
                 ("workspace", "default"),
                 ("project_name", ""),
-                ("fencing_token", "1"),
+                ("fencing_token", &token),
                 ("csrf", &csrf),
             ],
             &[("cookie", &cookie)],
