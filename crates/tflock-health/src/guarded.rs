@@ -88,10 +88,14 @@ impl Health {
         }
     }
 
-    /// Records a health check's result.
+    /// Records a health check's result. For the breaker, any check that got an
+    /// answer (`Ok`, also with `healthy: false`) is a success: its question is "does
+    /// the store answer", and a store that answers but reports a problem (a
+    /// persistence warning, data lost) is reported unhealthy, not cut off. See
+    /// [`crate::breaker`].
     pub fn record_check(&self, result: Result<BackendHealth, String>) {
+        self.breaker.record_check(result.is_ok());
         let ok = matches!(&result, Ok(h) if h.healthy);
-        self.breaker.record_check(ok);
         let now = self.clock.now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match result {
@@ -398,7 +402,11 @@ impl Backend for GuardedBackend {
 }
 
 /// Checks the backend every `interval` (each check bounded by `timeout`) and feeds
-/// the result to the breaker. Stops when `health` is the last reference left.
+/// the result to the breaker. While the breaker is open or half-open it checks on the
+/// breaker's [`crate::breaker::ProbeSchedule`] instead (250 ms ± 50 ms by default,
+/// never slower than `interval`), and a breaker that opens between two checks wakes it
+/// at once, so an answering store closes the breaker within one probe delay plus one
+/// round trip. Stops when `health` is the last reference left.
 pub fn spawn_monitor(
     inner: SharedBackend,
     health: Arc<Health>,
@@ -406,6 +414,7 @@ pub fn spawn_monitor(
     timeout: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(&health);
+    let opened = health.breaker.opened_signal();
     drop(health);
     tokio::spawn(async move {
         loop {
@@ -420,11 +429,86 @@ pub fn spawn_monitor(
                 )),
             };
             if let Err(e) = &result {
-                tracing::warn!(error = %e, "backend health check failed");
+                // While probing an open breaker this repeats every probe: debug, not
+                // warn (the breaker's own transitions are logged at warn and info).
+                if health.breaker.state() == BreakerState::Closed {
+                    tracing::warn!(error = %e, "backend health check failed");
+                } else {
+                    tracing::debug!(error = %e, "backend health check (probe) failed");
+                }
             }
             health.record_check(result);
+            let delay = health.breaker.next_check_in(interval);
             drop(health);
-            tokio::time::sleep(interval).await;
+            // Either the delay passes or the breaker opens (a stored permit from an
+            // earlier opening only brings one check forward: harmless).
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = opened.notified() => {}
+            }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tflock_core::{Clock, ManualClock};
+
+    use super::*;
+
+    fn check(healthy: bool, clock: &ManualClock) -> BackendHealth {
+        let mut details = serde_json::Map::new();
+        if !healthy {
+            details.insert("reason".into(), "data_lost".into());
+        }
+        BackendHealth {
+            backend: "redis".into(),
+            healthy,
+            response_time: Duration::from_millis(1),
+            checked_at: clock.now(),
+            details,
+        }
+    }
+
+    /// The boundary with data-loss detection: a store that answers its check but
+    /// reports itself unhealthy is reachable, so the breaker closes (calls reach it);
+    /// the report still says unhealthy, with the check's reason.
+    #[test]
+    fn an_answered_but_unhealthy_check_closes_the_breaker_and_is_reported_unhealthy() {
+        let clock = ManualClock::starting_now();
+        let health = Health::new(
+            "redis",
+            BreakerSettings {
+                failure_threshold: 2,
+                reset_timeout: Duration::from_secs(30),
+                half_open_max_requests: 1,
+            },
+            false,
+            Arc::new(clock.clone()),
+        );
+        health.record_check(Err("connection refused".into()));
+        health.record_check(Err("connection refused".into()));
+        assert_eq!(health.breaker.state(), BreakerState::Open);
+        assert!(!health.report(None).healthy);
+
+        clock.advance(Duration::from_millis(250));
+        health.record_check(Ok(check(false, &clock)));
+        assert_eq!(health.breaker.state(), BreakerState::Closed);
+        let report = health.report(None);
+        assert!(!report.healthy, "{report:?}");
+        assert_eq!(report.circuit_breaker_state, BreakerState::Closed);
+        assert_eq!(
+            report.last_check.as_ref().unwrap().details["reason"],
+            "data_lost"
+        );
+        assert_eq!(health.retry_after(), None, "calls pass");
+
+        // While closed, unhealthy answers never count as failures either.
+        for _ in 0..5 {
+            health.record_check(Ok(check(false, &clock)));
+        }
+        assert_eq!(health.breaker.state(), BreakerState::Closed);
+        health.record_check(Ok(check(true, &clock)));
+        assert!(health.report(None).healthy);
+    }
 }
