@@ -71,3 +71,19 @@ pub use sentinel::{RedisSentinel, SentinelOptions};
 pub use server::{AclUser, RedisOptions, RedisServer, TlsClientAuth};
 pub use tls::TlsMaterial;
 pub use wait::{DEFAULT_TIMEOUT, wait_until};
+
+/// A free loopback port leased for as long as the returned guard lives (see `ports`),
+/// for programs the testkit does not start itself, e.g. a `tflock server` that must
+/// come back on the same port after a restart.
+pub fn lease_port() -> PortLease {
+    ports::lease()
+}
+
+pub use ports::PortLease;
+
+/// Spawns `command` with the testkit's guarantees: on Linux it gets SIGKILL when the
+/// test process dies (parent-death signal, set from a thread that lives as long as the
+/// process). The caller still owns the child and must kill it on drop.
+pub fn spawn_child(command: std::process::Command) -> std::io::Result<std::process::Child> {
+    process::spawn(command)
+}

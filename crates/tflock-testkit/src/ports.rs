@@ -27,14 +27,14 @@ const PORT_COUNT: u16 = 10_000;
 
 /// A port (and its cluster bus port) reserved for one server until dropped.
 #[derive(Debug)]
-pub(crate) struct PortLease {
+pub struct PortLease {
     port: u16,
     /// Holds the lock; never read.
     _lock: File,
 }
 
 impl PortLease {
-    pub(crate) fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.port
     }
 }

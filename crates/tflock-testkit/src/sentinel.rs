@@ -23,6 +23,8 @@ use crate::wait::{DEFAULT_TIMEOUT, poll_until};
 #[must_use]
 pub struct SentinelOptions {
     master_name: String,
+    replicas: usize,
+    appendonly: bool,
     sentinels: usize,
     quorum: usize,
     down_after: Duration,
@@ -33,6 +35,8 @@ impl Default for SentinelOptions {
     fn default() -> Self {
         Self {
             master_name: "mymaster".to_owned(),
+            replicas: 1,
+            appendonly: false,
             sentinels: 3,
             quorum: 2,
             // Low so a failover takes a few seconds; a failover needs a majority of
@@ -53,6 +57,24 @@ impl SentinelOptions {
             "master name must be [A-Za-z0-9_-]+: {name:?}"
         );
         self.master_name = name.to_owned();
+        self
+    }
+
+    /// How many replicas the primary starts with (default 1). With two, a failover
+    /// still leaves the new primary a replica, so `min_replicas_ack: 1` keeps working.
+    pub fn replicas(mut self, count: usize) -> Self {
+        assert!(
+            count >= 1,
+            "a Sentinel deployment needs at least one replica"
+        );
+        self.replicas = count;
+        self
+    }
+
+    /// AOF (`appendfsync always`) on every data node, so a killed node restarted on its
+    /// directory comes back with its data rather than empty.
+    pub fn appendonly(mut self) -> Self {
+        self.appendonly = true;
         self
     }
 
@@ -107,10 +129,21 @@ impl RedisSentinel {
             "quorum must be within 1..={}",
             options.sentinels
         );
-        let primary = RedisServer::start(RedisOptions::default());
-        let replica = RedisServer::start(
-            RedisOptions::default().config(&format!("replicaof 127.0.0.1 {}", primary.port())),
-        );
+        let data_options = if options.appendonly {
+            RedisOptions::default().appendonly()
+        } else {
+            RedisOptions::default()
+        };
+        let primary = RedisServer::start(data_options.clone());
+        let replicas: Vec<RedisServer> = (0..options.replicas)
+            .map(|_| {
+                RedisServer::start(
+                    data_options
+                        .clone()
+                        .config(&format!("replicaof 127.0.0.1 {}", primary.port())),
+                )
+            })
+            .collect();
         let name = &options.master_name;
         let directives = vec![
             // Addresses stay IPs: nothing here should depend on name resolution.
@@ -146,22 +179,26 @@ impl RedisSentinel {
         });
         let deployment = Self {
             options,
-            data: vec![primary, replica],
+            data: std::iter::once(primary).chain(replicas).collect(),
             sentinels,
             last_killed: Mutex::new(None),
         };
 
         let others = deployment.options.sentinels - 1;
+        let replica_count = deployment.options.replicas;
         poll_until(
             DEFAULT_TIMEOUT,
             format!(
-                "the replica linked and every sentinel seeing 1 replica and {others} other sentinels"
+                "the replicas linked and every sentinel seeing {replica_count} replicas and {others} other sentinels"
             ),
             || {
-                let link = deployment.data[1].info_field("replication", "master_link_status");
-                if link.as_deref() != Some("up") {
-                    return Err(format!("replica link {link:?}"));
+                for replica in &deployment.data[1..] {
+                    let link = replica.info_field("replication", "master_link_status");
+                    if link.as_deref() != Some("up") {
+                        return Err(format!("replica {} link {link:?}", replica.addr()));
+                    }
                 }
+                let replicas = deployment.options.replicas.to_string();
                 for (i, sentinel) in deployment.sentinels.iter().enumerate() {
                     let out = sentinel.cli().try_query([
                         "SENTINEL",
@@ -176,7 +213,7 @@ impl RedisSentinel {
                             .map_or("", |(_, v)| *v)
                     };
                     if get("flags") != "master"
-                        || get("num-slaves") != "1"
+                        || get("num-slaves") != replicas
                         || get("num-other-sentinels") != others.to_string()
                     {
                         return Err(format!(
@@ -209,7 +246,7 @@ impl RedisSentinel {
         &self.sentinels
     }
 
-    /// Both data nodes: `[0]` started as primary, `[1]` as replica.
+    /// The data nodes: `[0]` started as primary, the others as its replicas.
     pub fn data_nodes(&self) -> &[RedisServer] {
         &self.data
     }
