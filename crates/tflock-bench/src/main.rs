@@ -14,6 +14,10 @@
 //! - [`peers`]: the Python peers' venv and driver (`peers/peers.py`).
 //! - [`results`]: the run's data; [`report`] turns it into Markdown, [`plot`] into SVG.
 //! - [`stats`]: percentiles and Jain's index.
+//! - [`recovery`]: how soon locking works again after a Redis fault (kill + restart,
+//!   stop + continue, Sentinel failover), with three real `tflock server` processes.
+//!   This binary doubles as `tflock` when run under that name (`arg0`), so the measure
+//!   always has a server binary built from the same sources.
 //!
 //! Redis is a fresh `redis-server` on a free loopback port (the testkit's harness),
 //! memory only, so what is measured is Redis's and tflock's own cost.
@@ -26,6 +30,7 @@ mod ceiling;
 mod measure;
 mod peers;
 mod plot;
+mod recovery;
 mod report;
 mod results;
 mod stats;
@@ -73,10 +78,16 @@ struct Args {
     #[arg(long)]
     no_python_peers: bool,
     /// Only these measures (comma-separated: ceiling, pairs, handoff, fairness,
-    /// starvation, scale, peers). Without --out the report then goes to
-    /// target/bench-partial.md, so a partial run never replaces docs/benchmarks.md.
+    /// starvation, scale, peers, recovery). Without --out (or --merge) the report
+    /// then goes to target/bench-partial.md, so a partial run never replaces
+    /// docs/benchmarks.md.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// With --only: keep every other figure of the report (from the `results.json`
+    /// next to it) and replace only the measures this run took; the report is
+    /// redrawn (default docs/benchmarks.md).
+    #[arg(long)]
+    merge: bool,
     /// Only this backend (embedded or redis).
     #[arg(long)]
     backend: Option<String>,
@@ -110,6 +121,9 @@ struct Plan {
     queue_rounds: usize,
     rb_requests: [u64; 3],
     python_peers: bool,
+    /// Faults of each kind in the recovery measure; Sentinel failovers too or not.
+    recovery_faults: usize,
+    recovery_sentinel: bool,
 }
 
 const CLIENTS: [usize; 3] = [1, 16, 64];
@@ -141,6 +155,8 @@ impl Plan {
                 queue_rounds: 3,
                 rb_requests: [2000, 5000, 5000],
                 python_peers: false,
+                recovery_faults: 1,
+                recovery_sentinel: false,
             }
         } else if a.quick {
             Plan {
@@ -152,6 +168,8 @@ impl Plan {
                 queue_rounds: 30,
                 rb_requests: [30_000, 60_000, 60_000],
                 python_peers: !a.no_python_peers,
+                recovery_faults: 3,
+                recovery_sentinel: true,
             }
         } else {
             Plan {
@@ -163,6 +181,8 @@ impl Plan {
                 queue_rounds: 100,
                 rb_requests: [60_000, 200_000, 200_000],
                 python_peers: !a.no_python_peers,
+                recovery_faults: 10,
+                recovery_sentinel: true,
             }
         }
     }
@@ -198,13 +218,22 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    if let Err(e) = run(args).await {
-        eprintln!("tflock-bench: {e:#}");
-        std::process::exit(1);
+fn main() -> std::process::ExitCode {
+    // Run as `tflock` (the recovery measure's servers): the CLI, with its own runtime.
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    if Path::new(&arg0).file_name().is_some_and(|n| n == "tflock") {
+        return tflock_cli::main();
     }
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("tflock-bench: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 /// Writes the report, the plots and `results.json` for `r`.
@@ -256,7 +285,7 @@ async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.out.clone().unwrap_or_else(|| {
-        if args.only.is_empty() && args.backend.is_none() {
+        if args.merge || (args.only.is_empty() && args.backend.is_none()) {
             PathBuf::from("docs/benchmarks.md")
         } else {
             target_dir().join("bench-partial.md")
@@ -348,10 +377,17 @@ async fn run(args: Args) -> Result<()> {
         rslock_peers(&ctx, &mut r).await;
         python_peers(&ctx, &args, &mut r).await;
     }
+    if ctx.wants("recovery") {
+        let res = recovery_measure(&ctx, &mut r).await;
+        step(&mut r, "recovery", res);
+    }
 
     r.total_s = t0.elapsed().as_secs_f64();
     r.load_after = load_average();
     r.wakeup_after = wakeup().await;
+    if args.merge {
+        r = merged(&plots.join("results.json"), r, &ctx)?;
+    }
     write_report(&mut r, &out, &plots)?;
     eprintln!(
         "tflock-bench: wrote {} and {} in {:.0} s",
@@ -360,6 +396,92 @@ async fn run(args: Args) -> Result<()> {
         r.total_s
     );
     drop(ctx);
+    Ok(())
+}
+
+/// `--merge`: the report's earlier results with the measures of this run replaced.
+/// The run's own header (command, date, machine) stays the earlier run's; a measure
+/// that keeps its own command and date (recovery) says so in its section.
+fn merged(previous: &Path, run: Results, ctx: &Ctx) -> Result<Results> {
+    let text = std::fs::read_to_string(previous)
+        .with_context(|| format!("--merge: reading {}", previous.display()))?;
+    let mut base: Results = serde_json::from_str(&text)
+        .with_context(|| format!("--merge: {} is not a results.json", previous.display()))?;
+    if ctx.wants("ceiling") {
+        base.disk = run.disk;
+        base.scripts = run.scripts;
+    }
+    if ctx.wants("pairs") {
+        base.pairs = run.pairs;
+    }
+    if ctx.wants("handoff") {
+        base.handoff = run.handoff;
+    }
+    if ctx.wants("fairness") {
+        base.fairness = run.fairness;
+    }
+    if ctx.wants("starvation") {
+        base.starvation = run.starvation;
+    }
+    if ctx.wants("scale") {
+        base.listing = run.listing;
+        base.memory = run.memory;
+        base.queue_scale = run.queue_scale;
+    }
+    if ctx.wants("peers") {
+        base.peer_versions = run.peer_versions;
+    }
+    if ctx.wants("recovery") {
+        base.recovery = run.recovery;
+    }
+    base.skipped.extend(run.skipped);
+    base.errors.extend(run.errors);
+    Ok(base)
+}
+
+/// The recovery measure (see [`recovery`]): standalone faults, then Sentinel
+/// failovers (not in a smoke run: a failover takes seconds and five processes).
+async fn recovery_measure(ctx: &Ctx, r: &mut Results) -> Result<()> {
+    if !ctx.backends.contains(&BackendKind::Redis) {
+        return Ok(());
+    }
+    let bin = recovery::ServerBinary::find()?;
+    let n = ctx.plan.recovery_faults;
+    eprintln!(
+        "tflock-bench: recovery: {n} fault(s) of each kind, {} servers ({}), {} clients",
+        recovery::SERVERS,
+        bin.describe(),
+        recovery::CLIENTS
+    );
+    let mut run = recovery::RecoveryRun {
+        command: command_line(),
+        started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        mode: ctx.plan.mode.into(),
+        clients: recovery::CLIENTS,
+        servers: recovery::SERVERS,
+        retry_ms: recovery::RETRY.as_secs_f64() * 1e3,
+        rows: Vec::new(),
+    };
+    let dir = ctx.work.join("recovery");
+    std::fs::create_dir_all(&dir)?;
+    match recovery::standalone(&bin, &dir, n).await {
+        Ok(rows) => run.rows.extend(rows),
+        Err(e) => r.errors.push(format!("recovery (standalone): {e:#}")),
+    }
+    if ctx.plan.recovery_sentinel {
+        let dir = ctx.work.join("recovery-sentinel");
+        std::fs::create_dir_all(&dir)?;
+        match recovery::sentinel(&bin, &dir, n).await {
+            Ok(row) => run.rows.push(row),
+            Err(e) => r.errors.push(format!("recovery (sentinel): {e:#}")),
+        }
+    } else {
+        r.skipped.push(Skipped {
+            what: "recovery: Sentinel failover".into(),
+            why: format!("not in a {} run", ctx.plan.mode),
+        });
+    }
+    r.recovery = Some(run);
     Ok(())
 }
 

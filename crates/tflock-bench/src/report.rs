@@ -9,7 +9,7 @@ use crate::stats::{Latency, ms, rate};
 
 /// Hand-written sections the generator keeps, with the text used when the previous
 /// report has none.
-const KEPT: [(&str, &str); 2] = [
+const KEPT: [(&str, &str); 3] = [
     (
         "intro",
         "What this page is: the figures of one run of `scripts/bench` on the machine named \
@@ -19,6 +19,10 @@ everything outside the hand-written sections.\n",
     (
         "analysis",
         "(Hand-written analysis of the run goes here; the generator keeps it.)\n",
+    ),
+    (
+        "recovery",
+        "(Hand-written notes on the recovery figures go here; the generator keeps them.)\n",
     ),
 ];
 
@@ -39,7 +43,7 @@ fn keep_block(out: &mut String, previous: &str, name: &str) {
 
 /// Every section heading the report has.
 #[cfg(test)]
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "## The run",
     "## Verdicts",
     "## Ceilings",
@@ -48,6 +52,7 @@ const SECTIONS: [&str; 12] = [
     "## Fairness",
     "## Anti-starvation",
     "## Scale",
+    "## Recovery after a Redis fault",
     "## Peers",
     "## Where tflock falls short",
     "## Analysis",
@@ -386,7 +391,89 @@ fn verdicts(r: &Results) -> Vec<Verdict> {
             }),
         });
     }
+    // Recovery: locking back within 1 s of Redis being back, for every client.
+    for row in r.recovery.iter().flat_map(|run| &run.rows) {
+        if row.faults.is_empty() {
+            continue;
+        }
+        let pass = row.all.max < 1000.0 && row.errors.is_empty();
+        v.push(Verdict {
+            goal: format!("recovery, {}", row.fault),
+            target: "every client granted again < 1 s after Redis is back (max over faults)".into(),
+            measured: format!(
+                "first grant p50 {} max {}; all clients p50 {} max {} ({} faults)",
+                ms(row.first.p50),
+                ms(row.first.max),
+                ms(row.all.p50),
+                ms(row.all.max),
+                row.faults.len()
+            ),
+            pass: Some(pass),
+            short: (!pass).then(|| {
+                format!(
+                    "{}: all clients were granted again only {} ms (max) after Redis was back{}.",
+                    row.fault,
+                    ms(row.all.max),
+                    if row.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} fault(s) failed", row.errors.len())
+                    }
+                )
+            }),
+        });
+    }
     v
+}
+
+/// The recovery section: one row per fault kind.
+fn recovery_section(o: &mut String, r: &Results) {
+    let _ = writeln!(
+        o,
+        "## Recovery after a Redis fault
+"
+    );
+    let Some(run) = &r.recovery else {
+        let _ = writeln!(
+            o,
+            "Not measured in this run.
+"
+        );
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "{} `tflock server` processes on one Redis (spec defaults: breaker threshold 5, reset timeout 30 s, half-open 3, health check every 10 s, read timeout 3 s), {} HTTP clients (client *i* on server *i* mod {}), each acquiring a fresh resource and releasing it in a loop, a refused acquire retried after {} ms. Each fault lasts until every server's breaker is open, plus 0.5 s. *Back*: the first `+PONG` from the restarted or continued Redis, or the first sentinel naming a new primary that answers `ROLE master`. *First*: back → first grant to any client; *all*: back → every client granted again. Down: fault → back.\n",
+        run.servers, run.clients, run.servers, run.retry_ms
+    );
+    let _ = writeln!(
+        o,
+        "Measured by `{}` ({} run) at {}.\n",
+        run.command, run.mode, run.started_at
+    );
+    let _ = writeln!(
+        o,
+        "| fault | faults | first p50 | first max | all p50 | all max | down p50 |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in &run.rows {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.fault,
+            row.faults.len(),
+            ms(row.first.p50),
+            ms(row.first.max),
+            ms(row.all.p50),
+            ms(row.all.max),
+            ms(row.down.p50)
+        );
+    }
+    let _ = writeln!(o);
+    for row in &run.rows {
+        for e in &row.errors {
+            let _ = writeln!(o, "- {}: {e}", row.fault);
+        }
+    }
 }
 
 fn latency_cells(l: &Latency) -> String {
@@ -844,6 +931,9 @@ pub fn render(r: &Results, previous: &str, plots: &str, files: &[String]) -> Str
             "enqueue and hand-off time by queue length",
         );
     }
+
+    recovery_section(&mut o, r);
+    keep_block(&mut o, previous, "recovery");
 
     // Peers.
     let _ = writeln!(o, "## Peers\n");

@@ -233,6 +233,9 @@ pub struct Results {
     pub memory: Option<MemoryRow>,
     pub queue_scale: Vec<QueueScaleRow>,
     pub peer_versions: Vec<(String, String)>,
+    /// Recovery after Redis faults; absent in results of runs before it existed.
+    #[serde(default)]
+    pub recovery: Option<crate::recovery::RecoveryRun>,
     pub skipped: Vec<Skipped>,
     /// Errors met along the way (a measure that failed is reported, not fatal).
     pub errors: Vec<String>,

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Headings every report has (`report.rs` writes them).
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "## The run",
     "## Verdicts",
     "## Ceilings",
@@ -17,6 +17,7 @@ const SECTIONS: [&str; 12] = [
     "## Fairness",
     "## Anti-starvation",
     "## Scale",
+    "## Recovery after a Redis fault",
     "## Peers",
     "## Where tflock falls short",
     "## Analysis",

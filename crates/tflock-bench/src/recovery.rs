@@ -1,0 +1,652 @@
+//! The recovery measure (issue 16, point 2): how soon locking works again after Redis
+//! comes back from a fault, with three real `tflock server` processes on one Redis and
+//! 16 HTTP clients in this process.
+//!
+//! Faults, each repeated: Redis SIGKILLed and restarted on its port from its AOF
+//! (`appendfsync always`); Redis SIGSTOPped and SIGCONTed; the Sentinel primary
+//! SIGKILLed (one primary, one replica, three sentinels), the sentinels failing over.
+//! Each fault lasts until every server's breaker is open (so the measure covers the
+//! breaker's own recovery, which is what kept locking down for up to 30 s before),
+//! plus half a second.
+//!
+//! "Back" is when Redis itself can serve again, seen from outside tflock: the first
+//! `+PONG` on a fresh connection to the restarted or continued Redis, or the first
+//! sentinel naming a new primary that says `ROLE master`. From then on two figures:
+//! the first acquire any client is granted, and the moment every one of the 16
+//! clients has been granted again. Each client acquires a fresh resource (30 s TTL)
+//! and releases it, in a loop through its own server (client `i` on server `i % 3`);
+//! a refused acquire is retried after [`RETRY`] (a polling client; not the 1 s
+//! `Retry-After`, which would measure the client's patience, not tflock).
+//!
+//! The servers run with the spec's defaults for the breaker (`failure_threshold` 5,
+//! `reset_timeout` 30 s, `half_open_max_requests` 3) and `health_check_interval`
+//! (10 s), and the default `read_timeout` (3 s).
+//!
+//! The `tflock` binary: `$TFLOCK_BIN`, else a `tflock` built next to this binary that
+//! is at least as new, else this binary run as `tflock` (it then calls the same
+//! `tflock_cli::main` the `tflock` binary does).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use tflock_core::Resource;
+use tflock_testkit::{RedisOptions, RedisSentinel, RedisServer, SentinelOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::api::{Api, HttpApi};
+use crate::stats::Latency;
+
+pub const CLIENTS: usize = 16;
+pub const SERVERS: usize = 3;
+/// A refused acquire is retried after this.
+pub const RETRY: Duration = Duration::from_millis(20);
+/// How long Redis stays down once every breaker is open.
+const AFTER_OPEN: Duration = Duration::from_millis(500);
+/// Bound of every wait that is not the measure.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The three fault kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    KillRestart,
+    StopCont,
+    SentinelFailover,
+}
+
+impl FaultKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            FaultKind::KillRestart => "Redis SIGKILL + restart (AOF)",
+            FaultKind::StopCont => "Redis SIGSTOP + SIGCONT",
+            FaultKind::SentinelFailover => "Sentinel primary SIGKILL (failover)",
+        }
+    }
+}
+
+/// One fault's figures (milliseconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FaultResult {
+    /// From the fault to Redis being back.
+    pub down_ms: f64,
+    /// From Redis being back to the first grant.
+    pub first_ms: f64,
+    /// From Redis being back to every client granted again.
+    pub all_ms: f64,
+}
+
+/// One fault kind's figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoveryRow {
+    pub fault: String,
+    pub faults: Vec<FaultResult>,
+    pub first: Latency,
+    pub all: Latency,
+    pub down: Latency,
+    pub errors: Vec<String>,
+}
+
+/// The measure's own record: it is often run alone (`--only recovery`) and merged
+/// into the published report, so it keeps its own command and date.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecoveryRun {
+    pub command: String,
+    pub started_at: String,
+    pub mode: String,
+    pub clients: usize,
+    pub servers: usize,
+    pub retry_ms: f64,
+    pub rows: Vec<RecoveryRow>,
+}
+
+impl RecoveryRow {
+    fn of(kind: FaultKind, faults: Vec<FaultResult>, errors: Vec<String>) -> Self {
+        RecoveryRow {
+            fault: kind.label().into(),
+            first: Latency::of(faults.iter().map(|f| f.first_ms).collect()),
+            all: Latency::of(faults.iter().map(|f| f.all_ms).collect()),
+            down: Latency::of(faults.iter().map(|f| f.down_ms).collect()),
+            faults,
+            errors,
+        }
+    }
+}
+
+/// How to run `tflock`.
+#[derive(Debug, Clone)]
+pub struct ServerBinary {
+    path: PathBuf,
+    arg0: Option<&'static str>,
+}
+
+impl ServerBinary {
+    pub fn find() -> Result<Self> {
+        if let Some(p) = std::env::var_os("TFLOCK_BIN") {
+            return Ok(ServerBinary {
+                path: p.into(),
+                arg0: None,
+            });
+        }
+        let me = std::env::current_exe().context("the benchmark's own path")?;
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        // target/<profile>/tflock, also from target/<profile>/deps/ (tests).
+        for dir in me.ancestors().skip(1).take(2) {
+            let candidate = dir.join("tflock");
+            if candidate.is_file() {
+                if let (Some(a), Some(b)) = (mtime(&candidate), mtime(&me))
+                    && a >= b
+                {
+                    return Ok(ServerBinary {
+                        path: candidate,
+                        arg0: None,
+                    });
+                }
+                break;
+            }
+        }
+        Ok(ServerBinary {
+            path: me,
+            arg0: Some("tflock"),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self.arg0 {
+            Some(a) => format!("{} (as {a})", self.path.display()),
+            None => self.path.display().to_string(),
+        }
+    }
+}
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One `tflock server` process; killed on drop.
+struct Server {
+    addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(bin: &ServerBinary, dir: &Path, index: usize, redis_yaml: &str) -> Result<Self> {
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = dir.join(format!("server{index}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "enhanced_locking:\n  enabled: true\n  server:\n    listen: {addr}\n  backend: redis\n  redis:\n{redis_yaml}"
+            ),
+        )?;
+        let log = dir.join(format!("server{index}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(&bin.path);
+        if let Some(a) = bin.arg0 {
+            use std::os::unix::process::CommandExt;
+            cmd.arg0(a);
+        }
+        cmd.args(["server", "--config"])
+            .arg(&config)
+            .env_remove("TFLOCK_CONFIG")
+            .env("ATLANTIS_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.describe()))?;
+        Ok(Server { addr, child, log })
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The three servers, and an HTTP client per server.
+struct Fleet {
+    servers: Vec<Server>,
+    apis: Vec<Arc<Api>>,
+    http: reqwest::Client,
+}
+
+impl Fleet {
+    async fn start(bin: &ServerBinary, dir: &Path, redis_yaml: &str) -> Result<Self> {
+        let mut servers = Vec::new();
+        for i in 0..SERVERS {
+            servers.push(Server::start(bin, dir, i, redis_yaml)?);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        for s in &mut servers {
+            let started = Instant::now();
+            loop {
+                if let Ok(r) = http.get(format!("http://{}/readyz", s.addr)).send().await
+                    && r.status().is_success()
+                {
+                    break;
+                }
+                if let Ok(Some(status)) = s.child.try_wait() {
+                    bail!(
+                        "tflock server exited at start ({status}):\n{}",
+                        s.log_tail()
+                    );
+                }
+                if started.elapsed() > LIMIT {
+                    bail!(
+                        "tflock server not ready within {LIMIT:?}:\n{}",
+                        s.log_tail()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let per_server = CLIENTS.div_ceil(SERVERS);
+        let apis = servers
+            .iter()
+            .map(|s| HttpApi::new(s.addr, per_server).map(|h| Arc::new(Api::Http(h))))
+            .collect::<Result<_>>()?;
+        Ok(Fleet {
+            servers,
+            apis,
+            http,
+        })
+    }
+
+    /// Whether every server's breaker reads open.
+    async fn all_open(&self) -> bool {
+        for s in &self.servers {
+            let body: serde_json::Value = match self
+                .http
+                .get(format!("http://{}/api/health/locking", s.addr))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => return false,
+            };
+            if body["circuit_breaker"] != "open" {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Grant instants per client, and the load's tasks.
+struct Load {
+    grants: Arc<Mutex<Vec<Vec<Instant>>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(fleet: &Fleet, tag: &str) -> Load {
+        let grants = Arc::new(Mutex::new(vec![Vec::new(); CLIENTS]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..CLIENTS)
+            .map(|c| {
+                let api = fleet.apis[c % SERVERS].clone();
+                let slot = c / SERVERS;
+                let (grants, stop) = (grants.clone(), stop.clone());
+                let repo = format!("bench-recovery/{tag}-c{c}");
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let r = Resource::new(repo.clone(), ".", format!("w{n}"), "")
+                            .expect("a valid resource");
+                        match api.acquire_now(slot, &r).await {
+                            Ok(held) => {
+                                grants.lock().unwrap()[c].push(Instant::now());
+                                let _ = api.release(slot, &r, held).await;
+                            }
+                            Err(_) => tokio::time::sleep(RETRY).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            grants,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Each client's first grant at or after `from`.
+    fn first_after(&self, from: Instant) -> Vec<Option<Instant>> {
+        self.grants
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|g| g.iter().rev().take_while(|t| **t >= from).last().copied())
+            .collect()
+    }
+
+    /// Waits until every client has been granted at or after `from`.
+    async fn all_granted_after(&self, from: Instant) -> Result<Vec<Instant>> {
+        let started = Instant::now();
+        loop {
+            let f = self.first_after(from);
+            if f.iter().all(Option::is_some) {
+                return Ok(f.into_iter().flatten().collect());
+            }
+            if started.elapsed() > LIMIT {
+                let missing = f.iter().filter(|x| x.is_none()).count();
+                bail!("{missing} of {CLIENTS} clients not granted within {LIMIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+    }
+}
+
+/// The first `+PONG` from `addr` on a fresh connection (refused, silent or
+/// `-LOADING` is not back yet).
+async fn first_pong(addr: SocketAddr) -> Instant {
+    loop {
+        if let Ok(Ok(mut s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+            && s.write_all(b"PING\r\n").await.is_ok()
+        {
+            let mut buf = [0u8; 64];
+            // A stopped Redis answers once continued: wait on this connection.
+            if let Ok(Ok(n)) = tokio::time::timeout(LIMIT, s.read(&mut buf)).await
+                && buf[..n].starts_with(b"+PONG")
+            {
+                return Instant::now();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The first moment a sentinel names a primary other than `old` that says it is
+/// the primary (`ROLE` answers `master`).
+async fn failover_seen(sentinels: Vec<SocketAddr>, master: String, old: SocketAddr) -> Instant {
+    loop {
+        for s in &sentinels {
+            if let Some(new) = ask_master(*s, &master).await
+                && new != old
+                && role_is_master(new).await
+            {
+                return Instant::now();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn connection(addr: SocketAddr) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{addr}")).ok()?;
+    tokio::time::timeout(
+        Duration::from_millis(300),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+async fn ask_master(sentinel: SocketAddr, master: &str) -> Option<SocketAddr> {
+    let mut c = connection(sentinel).await?;
+    let (host, port): (String, u16) = tokio::time::timeout(
+        Duration::from_millis(300),
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master)
+            .query_async(&mut c),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    format!("{host}:{port}").parse().ok()
+}
+
+async fn role_is_master(addr: SocketAddr) -> bool {
+    let Some(mut c) = connection(addr).await else {
+        return false;
+    };
+    let role: Option<Vec<redis::Value>> = tokio::time::timeout(
+        Duration::from_millis(300),
+        redis::cmd("ROLE").query_async(&mut c),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok());
+    matches!(role.as_deref().and_then(|r| r.first()),
+        Some(redis::Value::BulkString(b)) if b == b"master")
+        || matches!(role.as_deref().and_then(|r| r.first()),
+        Some(redis::Value::SimpleString(s)) if s == "master")
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("a Redis helper panicked: {e}"))
+}
+
+/// Waits until every server's breaker is open (bounded), then [`AFTER_OPEN`].
+async fn hold_until_open(fleet: &Fleet) -> Result<()> {
+    let started = Instant::now();
+    while !fleet.all_open().await {
+        if started.elapsed() > LIMIT {
+            bail!("the breakers did not all open within {LIMIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(AFTER_OPEN).await;
+    Ok(())
+}
+
+/// Runs one fault with the load on: `down` breaks Redis, `up` returns the instant it
+/// is back. Returns the fault's figures.
+async fn one_fault<D, U, UF>(fleet: &Fleet, tag: &str, down: D, up: U) -> Result<FaultResult>
+where
+    D: AsyncFnOnce() -> Result<()>,
+    U: FnOnce() -> UF,
+    UF: Future<Output = Result<Instant>>,
+{
+    let load = Load::start(fleet, tag);
+    let before = Instant::now();
+    let result = async {
+        load.all_granted_after(before)
+            .await
+            .context("before the fault")?;
+        let fault_at = Instant::now();
+        down().await?;
+        let back = up().await?;
+        let grants = load
+            .all_granted_after(back)
+            .await
+            .context("after Redis was back")?;
+        let since = |t: &Instant| t.duration_since(back).as_secs_f64() * 1e3;
+        Ok(FaultResult {
+            down_ms: back.duration_since(fault_at).as_secs_f64() * 1e3,
+            first_ms: grants.iter().map(since).fold(f64::INFINITY, f64::min),
+            all_ms: grants.iter().map(since).fold(0.0, f64::max),
+        })
+    }
+    .await;
+    load.stop().await;
+    result
+}
+
+/// The standalone faults (kill + restart, stop + continue), `n` of each.
+pub async fn standalone(bin: &ServerBinary, dir: &Path, n: usize) -> Result<Vec<RecoveryRow>> {
+    let redis =
+        blocking(|| Arc::new(RedisServer::start(RedisOptions::default().appendonly()))).await?;
+    let yaml = format!("    addresses: [\"{}\"]\n", redis.addr());
+    let fleet = Fleet::start(bin, dir, &yaml).await?;
+    let addr = redis.addr();
+    let mut rows = Vec::new();
+    for kind in [FaultKind::KillRestart, FaultKind::StopCont] {
+        let (mut faults, mut errors) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let tag = format!("{kind:?}-{i}");
+            let r = redis.clone();
+            let down = async || {
+                let r2 = r.clone();
+                match kind {
+                    FaultKind::KillRestart => blocking(move || r2.kill()).await?,
+                    _ => blocking(move || r2.pause()).await?,
+                }
+                hold_until_open(&fleet).await
+            };
+            let r = redis.clone();
+            let up = || async move {
+                let pong = tokio::spawn(first_pong(addr));
+                match kind {
+                    FaultKind::KillRestart => blocking(move || r.restart()).await?,
+                    _ => blocking(move || r.resume()).await?,
+                }
+                Ok(pong.await?)
+            };
+            match one_fault(&fleet, &tag, down, up).await {
+                Ok(f) => {
+                    eprintln!(
+                        "tflock-bench: recovery: {} #{}: first grant {:.0} ms, all {CLIENTS} {:.0} ms after Redis was back",
+                        kind.label(),
+                        i + 1,
+                        f.first_ms,
+                        f.all_ms
+                    );
+                    faults.push(f);
+                }
+                Err(e) => {
+                    errors.push(format!("fault {}: {e:#}", i + 1));
+                    // Whatever state the fault left, Redis runs again for the next one.
+                    let r = redis.clone();
+                    let _ = blocking(move || {
+                        if r.is_paused() {
+                            r.resume();
+                        } else if !r.is_running() {
+                            r.restart();
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
+        rows.push(RecoveryRow::of(kind, faults, errors));
+    }
+    drop(fleet);
+    Ok(rows)
+}
+
+/// Sentinel failovers, `n` of them: the primary is killed, the sentinels promote the
+/// replica; then the old primary is restarted (the sentinels make it a replica of the
+/// new one) and has synced before the next fault.
+pub async fn sentinel(bin: &ServerBinary, dir: &Path, n: usize) -> Result<RecoveryRow> {
+    let s = blocking(|| Arc::new(RedisSentinel::start_with(SentinelOptions::default()))).await?;
+    let addrs: Vec<String> = s
+        .sentinel_addrs()
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    let yaml = format!(
+        "    sentinel:\n      master_name: {}\n      addresses: [{}]\n",
+        s.master_name(),
+        addrs.join(", ")
+    );
+    let fleet = Fleet::start(bin, dir, &yaml).await?;
+    let (mut faults, mut errors) = (Vec::new(), Vec::new());
+    let mut last_failover: Option<Instant> = None;
+    for i in 0..n {
+        // Sentinels refuse a new failover of the same master within twice the
+        // failover timeout (3 s) of the last one.
+        if let Some(t) = last_failover {
+            let gap = Duration::from_secs(7).saturating_sub(t.elapsed());
+            tokio::time::sleep(gap).await;
+        }
+        let tag = format!("failover-{i}");
+        // The watcher starts with the kill: a failover may complete before every
+        // breaker is open.
+        let watcher = Arc::new(Mutex::new(None));
+        let (s1, w1) = (s.clone(), watcher.clone());
+        let down = async || {
+            let killed = blocking(move || s1.kill_primary()).await?;
+            let seen = failover_seen(s.sentinel_addrs(), s.master_name().to_string(), killed);
+            *w1.lock().unwrap() = Some(tokio::spawn(tokio::time::timeout(LIMIT, seen)));
+            hold_until_open(&fleet).await
+        };
+        let w2 = watcher.clone();
+        let up = || async move {
+            let seen = w2.lock().unwrap().take().expect("the failover watcher");
+            seen.await?
+                .map_err(|_| anyhow!("no failover seen within {LIMIT:?}"))
+        };
+        match one_fault(&fleet, &tag, down, up).await {
+            Ok(f) => {
+                eprintln!(
+                    "tflock-bench: recovery: {} #{}: first grant {:.0} ms, all {CLIENTS} {:.0} ms after the failover",
+                    FaultKind::SentinelFailover.label(),
+                    i + 1,
+                    f.first_ms,
+                    f.all_ms
+                );
+                faults.push(f);
+            }
+            Err(e) => errors.push(format!("fault {}: {e:#}", i + 1)),
+        }
+        last_failover = Some(Instant::now());
+        // The old primary comes back as the new primary's replica, in sync, before
+        // the next fault (a failover needs a replica to promote).
+        let s3 = s.clone();
+        let rejoined = blocking(move || -> Result<()> {
+            for node in s3.data_nodes() {
+                if !node.is_running() {
+                    node.restart();
+                }
+            }
+            let started = Instant::now();
+            loop {
+                let replica = s3.replica();
+                let link = replica.info_field("replication", "master_link_status");
+                if link.as_deref() == Some("up") {
+                    return Ok(());
+                }
+                if started.elapsed() > LIMIT {
+                    bail!("the old primary did not resync as a replica: {link:?}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .and_then(|r| r);
+        if let Err(e) = rejoined {
+            errors.push(format!("after fault {}: {e:#}", i + 1));
+            break;
+        }
+    }
+    drop(fleet);
+    Ok(RecoveryRow::of(FaultKind::SentinelFailover, faults, errors))
+}
