@@ -86,6 +86,7 @@ pub fn redis_config(r: &RedisSettings) -> RedisConfig {
         tls_key_file: r.tls_key_file.clone(),
         tls_ca_file: r.tls_ca_file.clone(),
         min_replicas_ack: r.min_replicas_ack,
+        require_persistence: r.require_persistence,
     }
 }
 

@@ -78,6 +78,11 @@ pub struct EnhancedLocking {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "DurationString")]
     pub claim_timeout: Duration,
+    /// After the store is found to have lost data, how long nothing is granted (so
+    /// holders whose record was lost can finish or notice); `0s` disables it.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationString")]
+    pub lock_delay: Duration,
     pub server: ServerSettings,
     pub embedded: EmbeddedSettings,
     pub redis: RedisSettings,
@@ -101,6 +106,7 @@ impl Default for EnhancedLocking {
             max_priority_boost: lock.max_priority_boost,
             legacy_fallback: false,
             claim_timeout: lock.claim_timeout,
+            lock_delay: lock.lock_delay,
             server: ServerSettings::default(),
             embedded: EmbeddedSettings::default(),
             redis: RedisSettings::default(),
@@ -232,6 +238,9 @@ pub struct RedisSettings {
     pub sentinel: SentinelSettings,
     /// Replicas that must confirm a grant (`WAIT`) before it counts.
     pub min_replicas_ack: u32,
+    /// Refuse to start when Redis keeps no persistence (neither AOF nor RDB
+    /// snapshots): a restart then loses every lock. Without it, a warning.
+    pub require_persistence: bool,
 }
 
 impl Default for RedisSettings {
@@ -265,6 +274,7 @@ impl Default for RedisSettings {
             tls_ca_file: None,
             sentinel: SentinelSettings::default(),
             min_replicas_ack: 0,
+            require_persistence: false,
         }
     }
 }
@@ -387,6 +397,7 @@ impl EnhancedLocking {
             enable_priority_queue: self.enable_priority_queue,
             enable_retries: self.enable_retries,
             claim_timeout: self.claim_timeout,
+            lock_delay: self.lock_delay,
             min_retry_backoff: self.redis.min_retry_backoff,
             max_retry_backoff: self.redis.max_retry_backoff,
             ..tflock_core::LockSettings::default()

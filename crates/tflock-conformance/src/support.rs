@@ -51,6 +51,7 @@ pub fn settings() -> LockSettings {
         min_retry_backoff: Duration::from_millis(1),
         max_retry_backoff: Duration::from_millis(10),
         request_id_retention: Duration::from_secs(600),
+        lock_delay: tflock_core::settings::DEFAULT_LOCK_DELAY,
     }
 }
 

@@ -57,6 +57,9 @@ pub struct BackendMetrics {
     pub handoffs: u64,
     /// Leases ended by expiry, since start.
     pub expiries: u64,
+    /// Times this backend found its store had lost data, since start.
+    #[serde(default)]
+    pub data_losses: u64,
 }
 
 /// Every operation of the contract. Each is atomic on its store; a rejected request

@@ -25,6 +25,11 @@ pub enum EventKind {
     QueueLeft,
     #[serde(rename = "queue.granted")]
     QueueGranted,
+    /// The store was found to have lost data (Redis restarted without its data, an
+    /// older backup or file restored, a lagged replica promoted). Not about one
+    /// resource: the event's resource parts, key and owner are empty.
+    #[serde(rename = "store.data_lost")]
+    StoreDataLost,
 }
 
 impl EventKind {
@@ -38,6 +43,7 @@ impl EventKind {
             EventKind::QueueEntered => "queue.entered",
             EventKind::QueueLeft => "queue.left",
             EventKind::QueueGranted => "queue.granted",
+            EventKind::StoreDataLost => "store.data_lost",
         }
     }
 }
@@ -56,4 +62,25 @@ pub struct LockEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry_id: Option<EntryId>,
     pub at: Timestamp,
+}
+
+impl LockEvent {
+    /// The `store.data_lost` event at `at`: about the store, so its resource, key
+    /// and owner are empty.
+    pub fn data_lost(at: Timestamp) -> LockEvent {
+        LockEvent {
+            event: EventKind::StoreDataLost,
+            resource: Resource {
+                repo: String::new(),
+                path: String::new(),
+                workspace: String::new(),
+                project_name: String::new(),
+            },
+            key: String::new(),
+            owner: String::new(),
+            fencing_token: None,
+            entry_id: None,
+            at,
+        }
+    }
 }

@@ -190,6 +190,12 @@ pub enum NotAcquiredReason {
     Timeout,
     /// Its queue entry was cancelled (CancelQueueEntry, UnlockByPull) while it waited.
     Cancelled,
+    /// The store lost data a moment ago and grants nothing until its `lock_delay`
+    /// ends, so holders whose record was lost can finish or notice (docs/contract.md,
+    /// Failure model). A normal answer, not an error: retry after the delay
+    /// (`/api/health/locking` shows its end); a caller with `wait` is not told this,
+    /// it keeps waiting.
+    LockDelay,
 }
 
 /// The answer to TryLock.

@@ -48,6 +48,26 @@ pub struct LockSettings {
     /// How long the answer to a request with a `request_id` is kept for its retries.
     #[serde(with = "humantime_serde")]
     pub request_id_retention: Duration,
+    /// After the store is found to have lost data, nothing is granted for this long
+    /// (Consul's session `lock-delay`, Chubby's lock-delay): a holder whose record
+    /// was lost still believes it holds the lock, and gets this long to finish or
+    /// notice before anyone else is granted it. `0` disables the delay (the loss is
+    /// still detected and reported).
+    #[serde(default = "default_lock_delay", with = "humantime_serde")]
+    pub lock_delay: Duration,
+}
+
+/// The default [`LockSettings::lock_delay`]: Consul's default lock-delay. Longer
+/// than a typical storage write and a holder's lease refresh interval, short enough
+/// that a loss is a brief pause in granting, not an outage.
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
+
+/// The longest [`LockSettings::lock_delay`]: past an hour a data loss would be an
+/// outage, and a holder that has not noticed by then never will.
+pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(3600);
+
+fn default_lock_delay() -> Duration {
+    DEFAULT_LOCK_DELAY
 }
 
 impl Default for LockSettings {
@@ -66,6 +86,7 @@ impl Default for LockSettings {
             min_retry_backoff: Duration::from_millis(8),
             max_retry_backoff: Duration::from_millis(512),
             request_id_retention: Duration::from_secs(600),
+            lock_delay: DEFAULT_LOCK_DELAY,
         }
     }
 }
@@ -103,6 +124,16 @@ impl LockSettings {
             return Err(InvalidRequest::new(
                 "max_retry_backoff",
                 "is below min_retry_backoff",
+            ));
+        }
+        if self.lock_delay > MAX_LOCK_DELAY {
+            return Err(InvalidRequest::new(
+                "lock_delay",
+                format!(
+                    "{} is above the most, {} (0s disables the delay)",
+                    humantime::format_duration(self.lock_delay),
+                    humantime::format_duration(MAX_LOCK_DELAY)
+                ),
             ));
         }
         if self.max_queue_size == 0 {

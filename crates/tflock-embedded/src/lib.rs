@@ -19,6 +19,7 @@
 //! concurrent grants costs one fsync. If a commit fails the backend stops serving
 //! (fail closed): memory would otherwise run ahead of the file.
 
+pub(crate) mod high_water;
 pub(crate) mod owner_file;
 pub(crate) mod state;
 pub(crate) mod store;
@@ -131,6 +132,14 @@ pub struct EmbeddedBackend {
     /// Wakes retry loops (queue disabled) when any lock is released.
     released: Arc<Notify>,
     closed: Arc<AtomicBool>,
+    /// 1 when the file was found older than what it had committed (see
+    /// `high_water`), else 0: `tflock_store_data_loss_total`.
+    data_losses: u64,
+    /// That loss: when it was found and when its lock_delay ends.
+    data_loss: Option<(tflock_core::Timestamp, tflock_core::Timestamp)>,
+    /// Its `store.data_lost` event, sent once somebody listens (nobody does while
+    /// the store opens).
+    loss_event: Mutex<Option<LockEvent>>,
 }
 
 impl std::fmt::Debug for EmbeddedBackend {
@@ -165,6 +174,30 @@ impl EmbeddedBackend {
             })??;
         owner_file::write(&path);
         let mut state = State::load(loaded, clock.now());
+        // The file replaced by an older copy: its highest token is below the one it
+        // had committed. Nothing is granted for lock_delay, as after a Redis loss.
+        let data_loss = {
+            let now = clock.now();
+            let in_file = state.tokens.values().copied().max().unwrap_or(0);
+            match high_water::read(&path) {
+                Some(recorded) if recorded > in_file => {
+                    let until = now.add(config.settings.lock_delay);
+                    tracing::error!(
+                        path = %path.display(),
+                        recorded,
+                        in_file,
+                        lock_delay_until = %until,
+                        "the lock store file is older than what it had committed (replaced \
+                         by an older copy?): locks granted since may be gone; fencing tokens \
+                         stay above every earlier one (clock floor) and nothing is granted \
+                         until the lock_delay ends"
+                    );
+                    state.hold_until = until;
+                    Some((now, until))
+                }
+                _ => None,
+            }
+        };
         let (events, _) = broadcast::channel(4096);
         // Settle everything once: leases that expired while the store was closed end
         // now and their queues are handed on.
@@ -203,7 +236,10 @@ impl EmbeddedBackend {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("tflock-commit".into())
-                .spawn(move || store::run_committer(db, shared, wake_rx, durable_tx))
+                .spawn({
+                    let path = path.clone();
+                    move || store::run_committer(db, shared, wake_rx, durable_tx, path)
+                })
                 .map_err(|e| OpenError::Storage {
                     path: path.clone(),
                     message: e.to_string(),
@@ -220,6 +256,9 @@ impl EmbeddedBackend {
             sweeper_wake: Arc::new(Notify::new()),
             released: Arc::new(Notify::new()),
             closed: Arc::new(AtomicBool::new(false)),
+            data_losses: u64::from(data_loss.is_some()),
+            loss_event: Mutex::new(data_loss.map(|(at, _)| LockEvent::data_lost(at))),
+            data_loss,
         });
         if seq > 0 {
             backend.kick();
@@ -534,6 +573,36 @@ impl Backend for EmbeddedBackend {
             )
             .into()),
             Decision::Retry { deadline } => self.retry_loop(req, ttl, deadline).await,
+            Decision::Delay { until } => {
+                // After a data loss: a caller that waits keeps waiting past the
+                // lock_delay (within its wait); the others are told "not now".
+                let wait = req
+                    .wait
+                    .filter(|_| !req.reserve)
+                    .map(|w| self.settings.resolve_wait(w))
+                    .unwrap_or_default();
+                if wait.is_zero() {
+                    return Ok(LockResponse::not_acquired(
+                        None,
+                        tflock_core::NotAcquiredReason::LockDelay,
+                    ));
+                }
+                let deadline = self.clock.now().add(wait);
+                if until >= deadline {
+                    self.clock.sleep_until(deadline).await;
+                    return Ok(LockResponse::not_acquired(
+                        None,
+                        tflock_core::NotAcquiredReason::Timeout,
+                    ));
+                }
+                self.clock.sleep_until(until).await;
+                let rest = deadline.since(self.clock.now());
+                Box::pin(self.try_lock(LockRequest {
+                    wait: Some(tflock_core::WaitSpec::For(rest)),
+                    ..req
+                }))
+                .await
+            }
             Decision::Wait {
                 key,
                 entry_id,
@@ -823,9 +892,36 @@ impl Backend for EmbeddedBackend {
         details.insert("path".into(), self.path.display().to_string().into());
         details.insert("file_size_bytes".into(), size.into());
         details.insert("last_commit_seq".into(), self.durable.borrow().seq.into());
+        details.insert("data_losses".into(), self.data_losses.into());
+        let mut healthy = true;
+        if let Some((at, until)) = self.data_loss {
+            details.insert(
+                "last_data_loss".into(),
+                serde_json::json!({
+                    "detected_at": at.to_string(),
+                    "lock_delay_until": until.to_string(),
+                    "found": ["older_file"],
+                }),
+            );
+            if self.clock.now() < until {
+                // Not an error: the store answers; it only grants nothing yet.
+                healthy = false;
+                details.insert("reason".into(), "data_lost".into());
+                details.insert("lock_delay_until".into(), until.to_string().into());
+            }
+        }
+        if self.shared.events.receiver_count() > 0
+            && let Some(e) = self
+                .loss_event
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        {
+            let _ = self.shared.events.send(e);
+        }
         Ok(BackendHealth {
             backend: "embedded".into(),
-            healthy: true,
+            healthy,
             response_time: started.elapsed(),
             checked_at: self.clock.now(),
             details,
@@ -845,6 +941,7 @@ impl Backend for EmbeddedBackend {
             queue_depth: st.queue_depth(),
             handoffs: st.handoffs,
             expiries: st.expiries,
+            data_losses: self.data_losses,
         })
     }
 

@@ -83,11 +83,15 @@ pub(crate) enum Decision {
     QueueFull,
     /// Waiting is impossible with these settings.
     WaitRefused,
+    /// The store lost data: nothing is granted until `until` (its lock_delay).
+    Delay { until: Timestamp },
 }
 
 /// The whole lock state of one store.
 #[derive(Default)]
 pub(crate) struct State {
+    /// After a data loss, nothing is granted before this instant (lock_delay).
+    pub hold_until: Timestamp,
     pub resources: BTreeMap<String, ResourceRecord>,
     /// Last fencing token per storage key.
     pub tokens: HashMap<String, u64>,
@@ -132,6 +136,7 @@ impl State {
     /// with the process that served them.
     pub fn load(loaded: crate::store::Loaded, now: Timestamp) -> State {
         let mut s = State {
+            hold_until: Timestamp::ZERO,
             tokens: loaded.tokens.into_iter().collect(),
             answers: loaded.answers.into_iter().collect(),
             ..State::default()
@@ -587,6 +592,9 @@ impl State {
             .and_then(|r| r.lock.as_ref())
             .map(|l| l.lock.clone());
         match held {
+            None if now < self.hold_until => Decision::Delay {
+                until: self.hold_until,
+            },
             None => {
                 let token = self.grant(
                     &key,

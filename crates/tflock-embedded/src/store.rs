@@ -153,8 +153,11 @@ pub(crate) fn run_committer(
     shared: Arc<Shared>,
     wake: mpsc::Receiver<Wake>,
     durable: watch::Sender<Durable>,
+    path: std::path::PathBuf,
 ) {
     let mut closing = false;
+    // The highest token recorded beside the file (see `high_water`).
+    let mut recorded = 0;
     loop {
         if !closing {
             match wake.recv() {
@@ -177,6 +180,12 @@ pub(crate) fn run_committer(
                 shared.pass_commit_gate();
                 match write_batch(&db, &batch) {
                     Ok(()) => {
+                        if let Some(top) = batch.tokens.iter().map(|(_, t)| *t).max()
+                            && top > recorded
+                        {
+                            crate::high_water::write(&path, top);
+                            recorded = top;
+                        }
                         durable.send_modify(|d| d.seq = seq);
                         shared.publish(events);
                     }

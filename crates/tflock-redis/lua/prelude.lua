@@ -59,6 +59,7 @@ local K_ANS = P .. 'answers'        -- hash: owner SEP request_id -> answer JSON
 local K_ANSDUE = P .. 'answers_due' -- zset: answer key -> when it is forgotten
 local K_ENODE = P .. 'enode'        -- hash: waiter entry id -> id of the node serving it
 local K_FENCE = P .. 'fence'        -- string: highest leader epoch that acted on the bucket
+local K_GEN = P .. 'gen'            -- hash: the bucket's generation marker (generation.lua)
 
 local function k_lock(sk) return P .. 'lock:' .. sk end
 local function k_token(sk) return P .. 'token:' .. sk end

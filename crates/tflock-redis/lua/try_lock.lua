@@ -25,11 +25,16 @@
 --           manager: a waiter's entry is recorded under it in `enode`, so the
 --           cluster's leader can remove the entries of a server that died
 -- ARGV[25]  the caller's lease id (re-lock proof, contract rule 2) or ''
+-- ARGV[26]  lock_delay µs
+-- ARGV[27]  '1' when this server has seen the bucket's generation marker (so a
+--           missing one means the bucket lost its data, see generation.lua)
 --
 -- Reply (JSON): r = 'ans' (a = the answer; fresh = true for a grant to this call,
 -- which min_replicas_ack rolls back when unconfirmed; chg = true for a re-lock,
--- which changed the live lease), 'wait' (id, dl), 'full', 'retry' or 'refused';
--- plus ev/ho/now (see prelude's reply()).
+-- which changed the live lease), 'wait' (id, dl), 'full', 'retry', 'refused' or
+-- 'delay' (hold: the lock_delay after a data loss runs until then; nothing was
+-- changed); lost = 'missing' when this call found the generation marker gone; plus
+-- ev/ho/now (see prelude's reply()).
 
 local sk = ARGV[7]
 local who = { owner = ARGV[8], user = ARGV[9], pull = ARGV[10], meta = ARGV[11], prio = ARGV[12] }
@@ -45,9 +50,12 @@ local grace = tonumber(ARGV[21])
 local remember_all = ARGV[22] == 'a'
 local proof = ARGV[25] or ''
 
+-- 'missing' when this call found the bucket's generation marker gone (see below).
+local found = nil
+
 local function answer(a, fresh, chg)
   if remember_all or a.acq then remember(who.owner, rid, retention, a) end
-  return reply({ r = 'ans', a = a, fresh = fresh, chg = chg })
+  return reply({ r = 'ans', a = a, fresh = fresh, chg = chg, lost = found })
 end
 
 local cur = settle(sk)
@@ -126,6 +134,17 @@ if rid ~= '' then
 end
 
 if not cur then
+  -- After a data loss nothing is granted until its lock_delay ends (holders whose
+  -- record was lost may still be working). A marker gone since this server saw it is
+  -- a loss found here, before any health check: it starts the delay itself.
+  local gen = redis.call('HMGET', K_GEN, 'id', 'hold')
+  local hold = tonumber(gen[2] or '0')
+  if not gen[1] and ARGV[27] == '1' then
+    found = 'missing'
+    hold = NOW + tonumber(ARGV[26])
+    redis.call('HSET', K_GEN, 'id', new_id(32), 'lost', fmt(NOW), 'hold', fmt(hold))
+  end
+  if hold > NOW then return reply({ r = 'delay', hold = fmt(hold), lost = found }) end
   local l = grant(sk, who, ttl, ttl, nil, rid ~= '' and rid or nil)
   return answer({ acq = true, lock = lock_view(sk, l, true) }, true)
 end

@@ -83,6 +83,11 @@ pub struct RedisConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Replicas that must confirm a grant (`WAIT`) before it counts.
     pub min_replicas_ack: u32,
+    /// Refuse to connect ([`ConnectError::NoPersistence`]) when a Redis primary keeps
+    /// neither AOF nor RDB snapshots; otherwise that is a warning (log and health
+    /// details). Where `CONFIG GET` is refused the persistence is "unknown", which
+    /// never refuses.
+    pub require_persistence: bool,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -98,6 +103,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("sentinel", &self.sentinel)
             .field("tls_enabled", &self.tls_enabled)
             .field("min_replicas_ack", &self.min_replicas_ack)
+            .field("require_persistence", &self.require_persistence)
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +133,7 @@ impl Default for RedisConfig {
             tls_key_file: None,
             tls_ca_file: None,
             min_replicas_ack: 0,
+            require_persistence: false,
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod reply;
 pub mod scripts;
 
 mod duty;
+mod generation;
 mod relay;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -62,12 +63,13 @@ use tokio::sync::{Notify, broadcast, watch};
 pub use crate::config::{AuthMethod, ConnectError, RedisConfig, SentinelConfig};
 use crate::conn::{Connector, NodeReply};
 pub use crate::duty::{LeaderAuthority, SweepRole, SweepStats};
+use crate::generation::{Generations, Loss};
 use crate::keys::{BUCKETS, bucket_of, bucket_of_entry, bucket_prefixes};
 pub use crate::relay::{EventChannels, sharded_channels};
 use crate::reply::{
-    CancelReply, ExportReply, ImportReply, ListReply, LockReply, Published, PullReply, QueueReply,
-    RawExported, RawLock, Reply, StatsReply, StatusReply, TryLockReply, UnlockReply,
-    UserQueueReply, decode,
+    CancelReply, ExportReply, GenerationReply, ImportReply, ListReply, LockReply, Published,
+    PullReply, QueueReply, RawExported, RawLock, Reply, StatsReply, StatusReply, TryLockReply,
+    UnlockReply, UserQueueReply, decode,
 };
 use crate::scripts::{Script, Scripts};
 
@@ -139,6 +141,10 @@ struct Inner {
     serving_node: Mutex<String>,
     sweep_role: watch::Sender<SweepRole>,
     sweep_stats: watch::Sender<SweepStats>,
+    /// `lock_delay` in µs, for the scripts.
+    lock_delay_us: String,
+    /// The buckets' generation markers as this server saw them (data loss).
+    generations: Generations,
 }
 
 /// How a backend starts; [`RedisBackend::connect`] uses the defaults.
@@ -291,7 +297,25 @@ impl RedisBackend {
             .map_err(|e| describe_connect_error(&config, &e))?;
 
         let system_clock = clock.is_system();
+        let persistence = persistence(&conn).await;
+        if persistence == "none" {
+            if config.require_persistence {
+                return Err(ConnectError::new(
+                    "redis.require_persistence",
+                    "Redis keeps neither an AOF nor RDB snapshots (appendonly no, save \"\"): \
+                     a restart loses every lock and queue; turn on appendonly (or save), or \
+                     set require_persistence: false to start anyway",
+                ));
+            }
+            tracing::warn!(
+                "REDIS HAS NO PERSISTENCE (appendonly no, save \"\"): a Redis restart loses \
+                 every lock and queue. tflock detects the loss and keeps fencing tokens going \
+                 up, but holders lose their locks; turn on appendonly yes (or set \
+                 require_persistence: true to refuse such a Redis)"
+            );
+        }
         let mut description = serde_json::Map::new();
+        description.insert("persistence".into(), persistence.into());
         description.insert("mode".into(), conn.mode().into());
         description.insert("key_prefix".into(), config.key_prefix.clone().into());
         let addrs = if config.sentinel.enabled() {
@@ -327,6 +351,7 @@ impl RedisBackend {
             scripts: Scripts::load(),
             buckets: bucket_prefixes(&config.key_prefix),
             claim_us: us(settings.claim_timeout),
+            lock_delay_us: us(settings.lock_delay),
             starve_us: us(settings.starvation_threshold),
             max_boost: settings.max_priority_boost.to_string(),
             retention_us: us(settings.request_id_retention),
@@ -352,6 +377,7 @@ impl RedisBackend {
             serving_node: Mutex::new(String::new()),
             sweep_role: watch::channel(options.sweep).0,
             sweep_stats: watch::channel(SweepStats::default()).0,
+            generations: Generations::new(),
         });
         // A read on one bucket proves scripting and the key prefix are allowed to
         // these credentials (an ACL user may be limited to some keys or commands).
@@ -375,6 +401,11 @@ impl RedisBackend {
         }
         let backend = RedisBackend { inner };
         backend.check_eviction_policy().await;
+        // The markers this server compares against from now on (created where none
+        // is: a new store, or one from before markers existed).
+        if let Err(e) = backend.inner.check_generations().await {
+            tracing::warn!("reading the data-loss markers failed (the health check retries): {e}");
+        }
         tokio::spawn(duty::sweeper(Arc::downgrade(&backend.inner)));
         Ok(Arc::new(backend))
     }
@@ -505,6 +536,73 @@ struct Mode {
 }
 
 impl Inner {
+    /// Checks every bucket's generation marker (generation.lua) against what this
+    /// server saw, and reports a loss once however many buckets show it. Returns the
+    /// loss this check found, if any. A bucket whose check failed keeps its id and
+    /// skips the `seen` comparison next time (its write may or may not have landed).
+    async fn check_generations(&self) -> Result<Option<Loss>, BackendError> {
+        let gens = &self.generations;
+        let mut state = gens.state.lock().await;
+        let count = (gens.count.fetch_add(1, Ordering::Relaxed) + 1).to_string();
+        let replies = join_all(state.iter().enumerate().map(|(b, g)| {
+            let fresh = tflock_core::random_hex(16);
+            let count = &count;
+            async move {
+                let args = [
+                    g.id.as_str(),
+                    fresh.as_str(),
+                    self.lock_delay_us.as_str(),
+                    self.instance_id.as_str(),
+                    g.seen.as_str(),
+                    count.as_str(),
+                ];
+                self.run::<GenerationReply>(&self.scripts.generation, b, &args, false)
+                    .await
+            }
+        }))
+        .await;
+        let mut loss: Option<Loss> = None;
+        let mut failed = None;
+        for (b, r) in replies.into_iter().enumerate() {
+            match r {
+                Ok(r) => {
+                    let r = r.body;
+                    if !r.lost.is_empty() {
+                        let l = loss.get_or_insert_with(|| Loss {
+                            at: Timestamp(r.lost_at.0),
+                            hold_until: Timestamp(r.hold.0),
+                            buckets: 0,
+                            found: Default::default(),
+                        });
+                        l.buckets += 1;
+                        l.at = l.at.min(Timestamp(r.lost_at.0));
+                        l.hold_until = l.hold_until.max(Timestamp(r.hold.0));
+                        l.found.insert(r.lost.clone());
+                    }
+                    gens.hold_until.fetch_max(r.hold.0, Ordering::Relaxed);
+                    state[b] = generation::BucketGeneration {
+                        id: r.id,
+                        seen: r.seen,
+                    };
+                    gens.known[b].store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    state[b].seen.clear();
+                    failed = Some(e);
+                }
+            }
+        }
+        drop(state);
+        if let Some(l) = &loss {
+            let event = gens.report(l.clone());
+            let _ = self.events.send(event);
+        }
+        match (loss, failed) {
+            (None, Some(e)) => Err(e),
+            (loss, _) => Ok(loss),
+        }
+    }
+
     fn is_closed(&self) -> bool {
         *self.closed.borrow()
     }
@@ -863,9 +961,26 @@ impl Inner {
             entry_id,
             &node,
             req.lease_id.as_ref().map(|l| l.as_str()).unwrap_or(""),
+            &self.lock_delay_us,
+            if self.generations.knows(bucket) {
+                "1"
+            } else {
+                "0"
+            },
         ];
-        self.run_gen(&self.scripts.try_lock, bucket, &args, true)
-            .await
+        let r = self
+            .run_gen::<TryLockReply>(&self.scripts.try_lock, bucket, &args, true)
+            .await?;
+        if r.0.body.lost.is_some() {
+            // This call found a marker gone before any health check did: check every
+            // bucket now, which reports the loss once and starts its delay everywhere.
+            if let Err(e) = self.check_generations().await {
+                tracing::warn!(
+                    "checking the data-loss markers after a TryLock found one gone: {e}"
+                );
+            }
+        }
+        Ok(r)
     }
 
     /// The waiter's end when its caller went away: see `abandon.lua`.
@@ -1023,6 +1138,16 @@ impl RedisBackend {
             inner.check_open()?;
             let released = inner.released.notified();
             let (reply, generation) = inner.try_lock_once(req, ttl, once, false, "").await?;
+            if reply.body.r == "delay" {
+                // A lock_delay after a data loss: wait it out within the deadline.
+                let hold = Timestamp(reply.body.hold.unwrap_or_default().0);
+                if hold >= deadline {
+                    inner.clock.sleep_until(deadline).await;
+                    return Ok(LockResponse::not_acquired(None, NotAcquiredReason::Timeout));
+                }
+                inner.clock.sleep_until(hold).await;
+                continue;
+            }
             let bucket = bucket_of(&req.resource.storage_key());
             let r = self.answer(reply.body, bucket, generation).await?;
             if r.acquired {
@@ -1129,9 +1254,31 @@ impl Backend for RedisBackend {
             has_request_id: req.request_id.is_some(),
             armed: mode.code == "w",
         };
-        let (reply, generation) = inner
-            .try_lock_once(&req, ttl, mode, true, &guard.entry_id)
-            .await?;
+        // A waiter outlasts a lock_delay after a data loss within its wait: it keeps
+        // waiting instead of being told "not now" (see docs/redis-design.md).
+        let wait_until = inner.clock.now().add(mode.span);
+        let (reply, generation) = loop {
+            let (reply, generation) = inner
+                .try_lock_once(&req, ttl, mode, true, &guard.entry_id)
+                .await?;
+            if reply.body.r != "delay" {
+                break (reply, generation);
+            }
+            let hold = Timestamp(reply.body.hold.unwrap_or_default().0);
+            if mode.code != "w" {
+                guard.armed = false;
+                return Ok(LockResponse::not_acquired(
+                    None,
+                    NotAcquiredReason::LockDelay,
+                ));
+            }
+            if hold >= wait_until {
+                guard.armed = false;
+                inner.clock.sleep_until(wait_until).await;
+                return Ok(LockResponse::not_acquired(None, NotAcquiredReason::Timeout));
+            }
+            inner.clock.sleep_until(hold).await;
+        };
         let body = reply.body;
         if body.r != "wait" {
             guard.armed = false;
@@ -1557,7 +1704,26 @@ impl Backend for RedisBackend {
 
         let mut details = inner.description.clone();
         details.insert("ping".into(), pong.into());
-        let healthy = server_details(&mut details, info, slowlog, cluster_info);
+        let mut healthy = server_details(&mut details, info, slowlog, cluster_info);
+        if details.get("persistence").and_then(Json::as_str) == Some("none") {
+            details.insert(
+                "persistence_warning".into(),
+                "Redis keeps neither AOF nor RDB snapshots: a restart loses every lock".into(),
+            );
+        }
+        // Data loss: within one health check. A data loss is a healthy answer of an
+        // unhealthy store, never an error (the breaker must not open for it: Redis
+        // answers, and reads and unlocks work).
+        let found = match inner.check_generations().await {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                details.insert("generation_error".into(), e.to_string().into());
+                false
+            }
+        };
+        healthy &= inner
+            .generations
+            .health_details(&mut details, inner.clock.now(), found);
         Ok(BackendHealth {
             backend: "redis".into(),
             healthy,
@@ -1578,6 +1744,7 @@ impl Backend for RedisBackend {
             queue_depth: replies.iter().map(|r| r.body.entries).sum(),
             handoffs: inner.handoffs.load(Ordering::Relaxed),
             expiries: inner.expiries.load(Ordering::Relaxed),
+            data_losses: inner.generations.losses.load(Ordering::Relaxed),
         })
     }
 
@@ -1969,6 +2136,73 @@ fn server_details(
         details.insert("detail_errors".into(), Json::Object(errors));
     }
     healthy
+}
+
+/// Which persistence the Redis primaries keep: `aof`, `rdb`, `aof+rdb`, `none` (a
+/// restart loses everything), or `unknown` where `CONFIG GET` is refused (a managed
+/// Redis, a renamed command): never a reason to refuse, since it may well persist.
+/// The weakest node decides (`none` before `unknown` before the rest).
+async fn persistence(conn: &Connector) -> String {
+    async fn get(conn: &Connector, name: &str) -> Vec<(String, Option<String>)> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(name);
+        match conn.call_nodes(&cmd).await {
+            Ok(nodes) => nodes
+                .into_iter()
+                .map(|(node, r)| (node, r.ok().and_then(|v| config_value(&v, name))))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+    let (aof, save) = tokio::join!(get(conn, "appendonly"), get(conn, "save"));
+    if aof.is_empty() {
+        return "unknown".into();
+    }
+    let mut worst = String::new();
+    for (node, a) in aof {
+        let s = save
+            .iter()
+            .find(|(n, _)| *n == node)
+            .and_then(|(_, v)| v.clone());
+        let this = match (a, s) {
+            (Some(a), Some(s)) => {
+                let aof = a.eq_ignore_ascii_case("yes");
+                let rdb = !s.trim().is_empty();
+                match (aof, rdb) {
+                    (true, true) => "aof+rdb",
+                    (true, false) => "aof",
+                    (false, true) => "rdb",
+                    (false, false) => "none",
+                }
+            }
+            _ => "unknown",
+        };
+        let rank = |p: &str| match p {
+            "none" => 0,
+            "unknown" => 1,
+            _ => 2,
+        };
+        if worst.is_empty() || rank(this) < rank(&worst) {
+            worst = this.into();
+        }
+    }
+    worst
+}
+
+/// The value of `name` in a `CONFIG GET` reply (a flat list or, on RESP3, a map).
+fn config_value(v: &redis::Value, name: &str) -> Option<String> {
+    let pairs: Vec<(&redis::Value, &redis::Value)> = match v {
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|c| c.get(1).map(|b| (&c[0], b)))
+            .collect(),
+        redis::Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        _ => return None,
+    };
+    pairs
+        .into_iter()
+        .find(|(k, _)| text_of(k).eq_ignore_ascii_case(name))
+        .map(|(_, v)| text_of(v))
 }
 
 /// A text reply (INFO, CLUSTER INFO) as a string.

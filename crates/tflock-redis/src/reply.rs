@@ -297,6 +297,28 @@ pub struct TryLockReply {
     pub id: Option<String>,
     #[serde(default)]
     pub dl: Option<Num>,
+    /// `delay`: the lock_delay after a data loss runs until this instant (µs).
+    #[serde(default)]
+    pub hold: Option<Num>,
+    /// `missing`: this call found the bucket's generation marker gone (a data loss).
+    #[serde(default)]
+    pub lost: Option<String>,
+}
+
+/// generation.lua's reply: the bucket's generation marker as this call left it.
+#[derive(Debug, Deserialize)]
+pub struct GenerationReply {
+    /// The marker's id.
+    pub id: String,
+    /// What this call wrote as this server's `seen` field (sent back next time).
+    pub seen: String,
+    /// `''`, or what showed a loss: `missing`, `changed`, `rolled_back`.
+    #[serde(default)]
+    pub lost: String,
+    /// When this generation's loss was found (µs), 0 for none.
+    pub lost_at: Num,
+    /// The end of this generation's lock_delay (µs), 0 for none.
+    pub hold: Num,
 }
 
 /// unlock.lua's reply.

@@ -64,4 +64,5 @@ scripts! {
     stats => "stats.lua",
     export => "export.lua",
     import => "import.lua",
+    generation => "generation.lua",
 }

@@ -12,7 +12,8 @@
 //! - `tflock_http_requests_total{method, route, status}`: every HTTP answer, by route
 //!   pattern (never by raw path, which would make one series per lock).
 //! - `tflock_active_locks`, `tflock_queue_depth`, `tflock_handoffs_total`,
-//!   `tflock_expiries_total`, `tflock_backend_up`: read from the backend at scrape time.
+//!   `tflock_expiries_total`, `tflock_store_data_loss_total`, `tflock_backend_up`: read
+//!   from the backend at scrape time.
 //! - `tflock_circuit_breaker_state`: 0 closed, 1 half-open, 2 open (with a breaker).
 //! - `tflock_webhook_deliveries_total{receiver, outcome}` (`delivered`, `failed`),
 //!   `tflock_webhook_retries_total{receiver}`, `tflock_webhook_dropped_total{receiver}`
@@ -155,6 +156,9 @@ impl Metrics {
                     gauge!("tflock_queue_depth").set(m.queue_depth as f64);
                     counter!("tflock_handoffs_total").absolute(m.handoffs);
                     counter!("tflock_expiries_total").absolute(m.expiries);
+                    // Losses of the store's data this server found (docs/redis-design.md,
+                    // "Data loss"); each one also logs an error and emits store.data_lost.
+                    counter!("tflock_store_data_loss_total").absolute(m.data_losses);
                 }
                 None => gauge!("tflock_backend_up").set(0.0),
             }
@@ -254,6 +258,11 @@ fn describe() {
         "tflock_expiries_total",
         "Leases ended by expiry, since the backend started"
     );
+    describe_counter!(
+        "tflock_store_data_loss_total",
+        "Times this server found the store had lost tflock's data (restart without \
+         persistence, flush, older backup, lagged replica promoted), since it started"
+    );
     describe_gauge!(
         "tflock_backend_up",
         "1 when the backend answered the last scrape, else 0"
@@ -308,11 +317,13 @@ mod tests {
                 queue_depth: 2,
                 handoffs: 1,
                 expiries: 0,
+                data_losses: 2,
             }),
             Some(BreakerState::HalfOpen),
             None,
         );
         assert!(text.contains("tflock_circuit_breaker_state 1"), "{text}");
+        assert!(text.contains("tflock_store_data_loss_total 2"), "{text}");
         assert!(
             text.contains(r#"tflock_operations_total{operation="acquire",outcome="acquired"} 1"#),
             "{text}"

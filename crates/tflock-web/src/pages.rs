@@ -391,6 +391,7 @@ fn event_words(kind: EventKind) -> &'static str {
         EventKind::QueueEntered => "joined the queue",
         EventKind::QueueLeft => "left the queue",
         EventKind::QueueGranted => "was granted the lock from the queue",
+        EventKind::StoreDataLost => "the store lost its data: nothing is granted during lock_delay",
     }
 }
 
