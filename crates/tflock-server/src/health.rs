@@ -193,6 +193,25 @@ fn detail(check: Option<&BackendHealth>, keys: &[&str]) -> i64 {
         .unwrap_or(0)
 }
 
+/// Why a backend that answered its check is unhealthy, in words, where it said why:
+/// a data loss (`reason: data_lost`) names itself and the end of its lock_delay.
+fn unhealthy_words(check: Option<&BackendHealth>) -> Option<String> {
+    let c = check?;
+    if c.details.get("reason")?.as_str()? != "data_lost" {
+        return None;
+    }
+    let until = c
+        .details
+        .get("lock_delay_until")
+        .and_then(serde_json::Value::as_str)
+        .map(|u| format!("nothing is granted until {u} (lock_delay)"))
+        .unwrap_or_else(|| "its lock_delay is over".into());
+    Some(format!(
+        "data_lost: the store lost tflock's data (restart without persistence, flush, older \
+         backup or lagged replica); fencing tokens stay above every earlier one; {until}"
+    ))
+}
+
 /// `GET /api/health/locking`: 200 when healthy, 503 when not.
 #[utoipa::path(get, path = "/api/health/locking", tag = "health",
     summary = "Backend health, performance and circuit breaker state",
@@ -253,9 +272,8 @@ async fn guarded_report(state: &AppState, health: &tflock_health::Health) -> Loc
     } else {
         Some(tflock_core::Error::new(
             tflock_core::ErrorCode::BackendUnavailable,
-            report
-                .last_error
-                .clone()
+            unhealthy_words(report.last_check.as_ref())
+                .or_else(|| report.last_error.clone())
                 .unwrap_or_else(|| "the backend reports unhealthy".into()),
         ))
     };
@@ -308,7 +326,7 @@ async fn own_report(state: &AppState) -> LockingHealth {
         (Err(e), _) | (Ok(_), Err(e)) => Some(tflock_core::Error::from(e.clone())),
         (Ok(h), Ok(_)) if !h.healthy => Some(tflock_core::Error::new(
             tflock_core::ErrorCode::BackendUnavailable,
-            "the backend reports unhealthy",
+            unhealthy_words(Some(h)).unwrap_or_else(|| "the backend reports unhealthy".into()),
         )),
         _ => None,
     };

@@ -304,3 +304,111 @@ async fn retry_after_comes_from_the_breaker_while_it_is_open() {
     );
     s.shutdown().await;
 }
+
+/// Issue 16 point 3: Redis losing tflock's data (here `FLUSHDB`) is reported by a
+/// server as an operator sees it: `/api/health/locking` unhealthy with reason
+/// `data_lost` while the breaker stays closed (Redis answers), the counter on
+/// `/metrics`, the `store.data_lost` event, and acquires answered `lock_delay`
+/// until the delay ends, then granted with a token above the one before.
+#[tokio::test]
+async fn a_redis_data_loss_is_reported_and_delays_grants() {
+    let redis =
+        tokio::task::spawn_blocking(|| Arc::new(RedisServer::start(RedisOptions::default())))
+            .await
+            .expect("start redis");
+    let settings = LockSettings {
+        lock_delay: Duration::from_secs(2),
+        ..LockSettings::default()
+    };
+    let inner: SharedBackend =
+        RedisBackend::connect(redis_config(&redis), settings, Arc::new(SystemClock))
+            .await
+            .expect("connect");
+    let health = Arc::new(Health::new(
+        "redis",
+        BreakerSettings {
+            failure_threshold: 2,
+            reset_timeout: Duration::from_secs(2),
+            half_open_max_requests: 1,
+        },
+        true,
+        Arc::new(SystemClock),
+    ));
+    let guarded: SharedBackend = Arc::new(GuardedBackend::new(inner.clone(), health.clone()));
+    let _monitor = spawn_monitor(
+        inner.clone(),
+        health.clone(),
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+    );
+    let mut events = guarded.subscribe();
+    let state = AppState::new(guarded.clone(), Tokens::none()).with_health(health.clone());
+    let s =
+        TestServer::serve_state(Store::Redis, state, guarded, vec![Box::new(redis.clone())]).await;
+    let r = resource("o/lost", "default");
+    let before = s.lock(&r, "o/lost#1").await["fencing_token"]
+        .as_u64()
+        .expect("a token");
+
+    redis.redis_cli(["FLUSHDB"]);
+    let (status, _, body) = poll_until(
+        &s,
+        "/api/health/locking",
+        EVENTUALLY,
+        "the loss reported",
+        |_, _, b| b["check"]["details"]["reason"] == "data_lost",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "unhealthy", "{body}");
+    assert_eq!(body["circuit_breaker"], "closed", "Redis answers: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("data_lost")),
+        "{body}"
+    );
+    let text = s.metrics().await;
+    assert!(
+        text.lines().any(|l| l == "tflock_store_data_loss_total 1"),
+        "{text}"
+    );
+    let event = tokio::time::timeout(EVENTUALLY, async {
+        loop {
+            if let Ok(e) = events.recv().await
+                && e.event == tflock_core::EventKind::StoreDataLost
+            {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a store.data_lost event");
+    assert_eq!(event.event.as_str(), "store.data_lost");
+
+    let (status, body) = s
+        .post(
+            "/api/v1/locks/acquire",
+            json!({"resource": r, "owner": "o/lost#2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["acquired"], false, "{body}");
+    assert_eq!(body["reason"], "lock_delay", "{body}");
+    let (status, body) = s
+        .post(
+            "/api/v1/locks/acquire",
+            json!({"resource": r, "owner": "o/lost#3", "wait": "30s"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["acquired"], true,
+        "a waiter outlasts the delay: {body}"
+    );
+    assert!(
+        body["lock"]["fencing_token"].as_u64() > Some(before),
+        "{body}"
+    );
+    s.shutdown().await;
+}
