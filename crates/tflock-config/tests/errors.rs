@@ -261,3 +261,37 @@ fn every_key_is_in_the_configuration_reference() {
         );
     }
 }
+
+#[test]
+fn lock_delay_and_require_persistence_load_and_a_bad_delay_is_named() {
+    let f = file("enhanced_locking:\n  lock_delay: 2s\n  redis:\n    require_persistence: true\n");
+    let l = load(&sources(&f, &[])).unwrap();
+    let el = &l.config.enhanced_locking;
+    assert_eq!(el.lock_delay, std::time::Duration::from_secs(2));
+    assert!(el.redis.require_persistence);
+    assert_eq!(
+        el.lock_settings().lock_delay,
+        std::time::Duration::from_secs(2)
+    );
+
+    // The default, and 0s to disable it.
+    let f = file("enhanced_locking:\n  backend: embedded\n");
+    let l = load(&sources(&f, &[])).unwrap();
+    assert_eq!(
+        l.config.enhanced_locking.lock_delay,
+        std::time::Duration::from_secs(15)
+    );
+    assert!(!l.config.enhanced_locking.redis.require_persistence);
+    let f = file("enhanced_locking:\n  lock_delay: 0s\n");
+    let l = load(&sources(
+        &f,
+        &[("ATLANTIS_ENHANCED_LOCKING_LOCK_DELAY", "0s")],
+    ))
+    .unwrap();
+    assert!(l.config.enhanced_locking.lock_delay.is_zero());
+
+    let f = file("enhanced_locking:\n  lock_delay: 2h\n");
+    let err = load(&sources(&f, &[])).unwrap_err();
+    assert_eq!(err.key(), Some("enhanced_locking.lock_delay"), "{err}");
+    assert!(err.to_string().contains("0s disables"), "{err}");
+}
