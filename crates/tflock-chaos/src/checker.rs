@@ -160,22 +160,20 @@ pub fn check(history: &[Record]) -> Findings {
                 && w.start < p.end
                 && !same_lease(p, w)
             {
-                {
-                    violations.push(Violation {
-                        rule: Rule::Overlap,
-                        resource: resource.to_owned(),
-                        detail: format!(
-                            "{} (token {}) and {} (token {}) both held it for {:.3} ms",
-                            p.process,
-                            p.token,
-                            w.process,
-                            w.token,
-                            (p.end.min(w.end) - w.start) as f64 / 1e6
-                        ),
-                        windows: vec![p.clone(), (*w).clone()],
-                        records: vec![p.from_record, w.from_record],
-                    });
-                }
+                violations.push(Violation {
+                    rule: Rule::Overlap,
+                    resource: resource.to_owned(),
+                    detail: format!(
+                        "{} (token {}) and {} (token {}) both held it for {:.3} ms",
+                        p.process,
+                        p.token,
+                        w.process,
+                        w.token,
+                        (p.end.min(w.end) - w.start) as f64 / 1e6
+                    ),
+                    windows: vec![p.clone(), (*w).clone()],
+                    records: vec![p.from_record, w.from_record],
+                });
             }
             if furthest.is_none_or(|p| w.end > p.end) {
                 furthest = Some(w);
@@ -313,14 +311,13 @@ fn client_pass(
                 } else if r.result.status == Status::Ok
                     && let Some(k) = existing
                 {
-                    {
-                        let x = &mut reservations[k];
-                        x.done = true;
-                        if x.maybe_removed {
-                            f.reservations.cancelled += 1;
-                        } else if r.complete < x.safe_until {
-                            f.reservations.lost += 1;
-                            f.violations.push(Violation {
+                    let x = &mut reservations[k];
+                    x.done = true;
+                    if x.maybe_removed {
+                        f.reservations.cancelled += 1;
+                    } else if r.complete < x.safe_until {
+                        f.reservations.lost += 1;
+                        f.violations.push(Violation {
                                 rule: Rule::ReservationLost,
                                 resource: x.resource.clone(),
                                 detail: format!(
@@ -332,9 +329,8 @@ fn client_pass(
                                 windows: vec![],
                                 records: vec![x.record, i],
                             });
-                        } else {
-                            f.reservations.timed_out += 1;
-                        }
+                    } else {
+                        f.reservations.timed_out += 1;
                     }
                 }
             }

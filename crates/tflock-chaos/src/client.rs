@@ -462,15 +462,13 @@ impl Client {
         if rec.result.status == Status::Ok
             && let Some(lease) = rec.result.lease_id.clone()
         {
-            {
-                self.held.insert(
-                    res.to_owned(),
-                    Held {
-                        lease_id: lease,
-                        owner: rec.result.owner.clone().unwrap_or(to),
-                    },
-                );
-            }
+            self.held.insert(
+                res.to_owned(),
+                Held {
+                    lease_id: lease,
+                    owner: rec.result.owner.clone().unwrap_or(to),
+                },
+            );
         }
         Ok(())
     }

@@ -87,12 +87,10 @@ impl ServerBinary {
                 if let (Some(a), Some(b)) = (mtime(&candidate), mtime(chaos_exe))
                     && a >= b
                 {
-                    {
-                        return Self {
-                            path: candidate,
-                            arg0: None,
-                        };
-                    }
+                    return Self {
+                        path: candidate,
+                        arg0: None,
+                    };
                 }
                 break;
             }
@@ -172,13 +170,11 @@ impl Server {
             if let Some((c, _)) = self.child.lock().unwrap().as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                {
-                    panic!(
-                        "server {} exited at start ({status}):\n{}",
-                        self.index,
-                        self.log_tail()
-                    );
-                }
+                panic!(
+                    "server {} exited at start ({status}):\n{}",
+                    self.index,
+                    self.log_tail()
+                );
             }
             assert!(
                 Instant::now() < deadline,
