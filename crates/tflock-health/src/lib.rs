@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`breaker`]: the closed / open / half-open state machine on an injectable clock.
+//! - [`breaker`]: the closed / open / half-open state machine on an injectable clock,
+//!   and the probe schedule the monitor follows while it is open (250 ms ± 50 ms; the
+//!   first answered check closes it, `reset_timeout` is only an upper bound).
 //! - [`window`]: latency percentiles, throughput and error rate over the last 60 s.
 //! - [`guarded`]: [`GuardedBackend`], a [`tflock_core::Backend`] that puts every call
 //!   of an inner backend behind the breaker and into the window, and the monitor task.
@@ -16,7 +18,7 @@ pub mod breaker;
 pub mod guarded;
 pub mod window;
 
-pub use breaker::{BreakerSettings, BreakerState, CircuitBreaker};
+pub use breaker::{BreakerSettings, BreakerState, CircuitBreaker, ProbeSchedule};
 pub use guarded::{
     GuardedBackend, Health, HealthMetrics, HealthReport, PerformanceMetrics, spawn_monitor,
 };
