@@ -555,6 +555,13 @@ async fn acquire(backend: &SharedBackend, a: AcquireArgs, out: Out) -> CliResult
             ),
             None,
         ),
+        (_, None, Some(NotAcquiredReason::LockDelay)) => (
+            "not acquired (lock_delay): the store lost data a moment ago and grants nothing \
+             until its lock_delay ends (see /api/health/locking); retry shortly, or wait \
+             with --wait"
+                .into(),
+            None,
+        ),
         (l, None, Some(NotAcquiredReason::LeaseLost)) => (
             format!(
                 "not acquired (lease_lost): the lease this request id was granted has ended \
