@@ -441,10 +441,21 @@ impl EmbeddedBackend {
             let d = self
                 .with_state(|st, ctx| st.try_lock(&once, ttl, ctx))
                 .await?;
-            let Decision::Answer(r) = d else {
-                return Err(
-                    BackendError::Internal("a no-wait TryLock asked to wait".into()).into(),
-                );
+            let r = match d {
+                Decision::Answer(r) => r,
+                // After a data loss: wait the lock_delay out within the deadline.
+                Decision::Delay { until } => {
+                    self.clock.sleep_until(until.min(deadline)).await;
+                    if self.clock.now() >= deadline {
+                        return Ok(LockResponse::not_acquired(None, NotAcquiredReason::Timeout));
+                    }
+                    continue;
+                }
+                _ => {
+                    return Err(
+                        BackendError::Internal("a no-wait TryLock asked to wait".into()).into(),
+                    );
+                }
             };
             if r.acquired {
                 return Ok(*r);

@@ -16,11 +16,16 @@ use tflock_embedded::{EmbeddedBackend, EmbeddedConfig};
 const DELAY: Duration = Duration::from_millis(1500);
 
 async fn open(path: &Path) -> Arc<EmbeddedBackend> {
+    open_with(path, true).await
+}
+
+async fn open_with(path: &Path, queue: bool) -> Arc<EmbeddedBackend> {
     EmbeddedBackend::open(
         EmbeddedConfig {
             path: path.to_path_buf(),
             settings: LockSettings {
                 lock_delay: DELAY,
+                enable_priority_queue: queue,
                 ..LockSettings::default()
             },
         },
@@ -99,5 +104,32 @@ async fn an_older_copy_of_the_file_is_found_and_delays_grants() {
         "{token} after the loss is not above {before}"
     );
     assert!(b.health_check().await.unwrap().healthy, "the delay is over");
+    b.close().await;
+}
+
+/// Without a queue (`enable_priority_queue: false`), a call with `wait` outlasts the
+/// delay as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_queue_a_waiting_call_outlasts_the_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locks.redb");
+    let backup = dir.path().join("backup.redb");
+    let r = Resource::new("o/r", ".", "default", "").unwrap();
+    let b = open_with(&path, false).await;
+    churn(&b, &r, 1).await;
+    b.close().await;
+    std::fs::copy(&path, &backup).unwrap();
+    let b = open_with(&path, false).await;
+    let before = churn(&b, &r, 2).await;
+    b.close().await;
+    std::fs::copy(&backup, &path).unwrap();
+
+    let b = open_with(&path, false).await;
+    let granted = b
+        .try_lock(LockRequest::new(r.clone(), "o/r#3").with_wait(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(granted.acquired, "{granted:?}");
+    assert!(granted.lock.unwrap().fencing_token.0 > before);
     b.close().await;
 }
