@@ -1,7 +1,7 @@
 //! Redis losing tflock's data (docs/redis-design.md, "Data loss"), on real
 //! redis-server processes: a restart without persistence, `FLUSHDB`, an older RDB
-//! copy restored, a failover to a replica that was paused (lagged), `FLUSHALL` of one
-//! Cluster primary and of a Sentinel primary. In each: the loss is reported (health
+//! copy restored, a failover to a replica that was paused (lagged; by hand and by a
+//! Sentinel election), `FLUSHALL` of one Cluster primary and of a Sentinel primary. In each: the loss is reported (health
 //! not healthy with reason `data_lost`, the `store.data_lost` event, the counter),
 //! nothing is granted during `lock_delay` (also by a server that never saw the loss),
 //! and every token after the loss is above every token before it. Also the start-up
@@ -159,7 +159,10 @@ async fn restart_without_persistence_is_detected_and_tokens_stay_above() {
     // first call after the restart finds its connection broken: a read reconnects.)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while b.get_lock(&rs[0]).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "b did not reconnect");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b did not reconnect"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     delay_then_tokens_above(&b, &rs[0], before).await;
@@ -242,9 +245,9 @@ async fn an_older_rdb_copy_restored_is_detected() {
 /// failover to it: the replica is paused (SIGSTOP) and its link cut, locks are
 /// granted and checked on the primary, the primary is killed, the replica resumed and
 /// promoted (`REPLICAOF NO ONE`); the primary comes back empty, takes the lagged data
-/// as the promoted replica's replica and is promoted back. (A Sentinel election of a
-/// paused replica is slow and racy on a loaded machine; this is the same data
-/// outcome, deterministic.)
+/// as the promoted replica's replica and is promoted back, so the backend's one
+/// address serves the lagged data. The Sentinel election of the same lagged replica
+/// is `a_sentinel_failover_to_a_paused_replica_is_detected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_a_lagged_replica_is_detected() {
     let (primary, replica) = common::primary_and_replica().await;
@@ -398,4 +401,54 @@ async fn no_persistence_warns_and_require_persistence_refuses() {
     .await
     .expect("unknown persistence does not refuse");
     assert_eq!(health(&b).await.details["persistence"], "unknown");
+}
+
+/// The Sentinel case as it happens: the replica is paused (SIGSTOP) and its link cut
+/// while locks are granted and checked on the primary; the primary is killed, the
+/// replica resumed, and the sentinels promote it with its lagged data. The backend
+/// follows the new primary and finds the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_to_a_paused_replica_is_detected() {
+    let sentinel = Arc::new(
+        tokio::task::spawn_blocking(tflock_testkit::RedisSentinel::start)
+            .await
+            .unwrap(),
+    );
+    let config = RedisConfig {
+        sentinel: tflock_redis::SentinelConfig {
+            master_name: Some(sentinel.master_name().to_string()),
+            addresses: sentinel
+                .sentinel_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        },
+        key_prefix: common::fresh_prefix(),
+        read_timeout: Duration::from_secs(1),
+        ..common::with_test_timeouts(RedisConfig::default())
+    };
+    let a = connect(config).await;
+    let rs: Vec<Resource> = (0..4).map(|i| resource(&format!("o/sfo{i}"))).collect();
+    grant_all(&a, &rs).await;
+    assert!(health(&a).await.healthy);
+    let s = sentinel.clone();
+    blocking(move || {
+        assert_eq!(s.primary().redis_cli(["WAIT", "1", "5000"]), "1");
+        s.replica().pause();
+        s.primary().redis_cli(["CLIENT", "KILL", "TYPE", "replica"]);
+    })
+    .await;
+    let before = grant_all(&a, &rs).await;
+    assert!(health(&a).await.healthy);
+    let s = sentinel.clone();
+    blocking(move || {
+        let replica = s.replica();
+        s.kill_primary();
+        replica.resume();
+        s.wait_for_failover();
+    })
+    .await;
+    let h = health(&a).await;
+    assert_lost(&h);
+    delay_then_tokens_above(&a, &rs[0], before).await;
 }
