@@ -452,3 +452,45 @@ async fn a_sentinel_failover_to_a_paused_replica_is_detected() {
     assert_lost(&h);
     delay_then_tokens_above(&a, &rs[0], before).await;
 }
+
+/// An older AOF restored: the append-only directory copied while Redis ran, more
+/// grants and a check after, then Redis stopped and the old directory put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_aof_restored_is_detected() {
+    let server = start(RedisOptions::default().appendonly()).await;
+    let a = connect(config_for(&server)).await;
+    let h = health(&a).await;
+    assert!(h.healthy, "{h:?}");
+    assert_eq!(h.details["persistence"], "aof");
+    let rs: Vec<Resource> = (0..4).map(|i| resource(&format!("o/aof{i}"))).collect();
+    grant_all(&a, &rs).await;
+    assert!(health(&a).await.healthy);
+    let aof = server.dir().join("appendonlydir");
+    let backup = server.dir().join("aof-backup");
+    copy_dir(&aof, &backup);
+    let before = grant_all(&a, &rs).await;
+    assert!(health(&a).await.healthy);
+    let s = server.clone();
+    blocking(move || {
+        s.stop();
+        std::fs::remove_dir_all(&aof).unwrap();
+        copy_dir(&backup, &aof);
+        s.restart();
+    })
+    .await;
+    let h = health(&a).await;
+    assert_lost(&h);
+    assert_eq!(
+        h.details["last_data_loss"]["found"][0], "rolled_back",
+        "{h:?}"
+    );
+    delay_then_tokens_above(&a, &rs[0], before).await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
