@@ -556,8 +556,14 @@ impl Inner {
                     g.seen.as_str(),
                     count.as_str(),
                 ];
-                self.run::<GenerationReply>(&self.scripts.generation, b, &args, false)
-                    .await
+                let (reply, generation) = self
+                    .run_gen::<GenerationReply>(&self.scripts.generation, b, &args, false)
+                    .await?;
+                // With min_replicas_ack, a `seen` the replicas did not confirm may be
+                // lost in a failover that loses no confirmed change: it is not
+                // compared next time (no false alarm).
+                let acked = self.wait_acked(b, generation).await.is_ok();
+                Ok::<_, BackendError>((reply, acked))
             }
         }))
         .await;
@@ -565,7 +571,7 @@ impl Inner {
         let mut failed = None;
         for (b, r) in replies.into_iter().enumerate() {
             match r {
-                Ok(r) => {
+                Ok((r, acked)) => {
                     let r = r.body;
                     if !r.lost.is_empty() {
                         let l = loss.get_or_insert_with(|| Loss {
@@ -582,7 +588,7 @@ impl Inner {
                     gens.hold_until.fetch_max(r.hold.0, Ordering::Relaxed);
                     state[b] = generation::BucketGeneration {
                         id: r.id,
-                        seen: r.seen,
+                        seen: if acked { r.seen } else { String::new() },
                     };
                     gens.known[b].store(true, Ordering::Relaxed);
                 }

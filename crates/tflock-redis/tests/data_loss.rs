@@ -494,3 +494,54 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// With `min_replicas_ack`, losing only what the replicas never confirmed is no data
+/// loss: a check whose `seen` the paused replica did not confirm is not held against
+/// the promoted replica (no false alarm, no needless lock_delay after a failover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_check_lost_in_a_failover_is_no_false_alarm() {
+    let (primary, replica) = common::primary_and_replica().await;
+    let a = RedisBackend::connect(
+        RedisConfig {
+            min_replicas_ack: 1,
+            ..config_for(&primary)
+        },
+        settings(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .expect("connect");
+    let rs: Vec<Resource> = (0..2).map(|i| resource(&format!("o/acked{i}"))).collect();
+    grant_all(&a, &rs).await;
+    assert!(health(&a).await.healthy);
+    let (p, r) = (primary.clone(), replica.clone());
+    blocking(move || {
+        r.pause();
+        p.redis_cli(["CLIENT", "KILL", "TYPE", "replica"]);
+    })
+    .await;
+    // Its `seen` write is not confirmed (the replica is stopped).
+    let _ = a.health_check().await;
+    let (p, r) = (primary.clone(), replica.clone());
+    blocking(move || {
+        p.kill();
+        r.resume();
+        assert_eq!(r.redis_cli(["REPLICAOF", "NO", "ONE"]), "OK");
+        p.restart();
+        let port = r.port().to_string();
+        assert_eq!(p.redis_cli(["REPLICAOF", "127.0.0.1", port.as_str()]), "OK");
+        tflock_testkit::wait_until(
+            tflock_testkit::DEFAULT_TIMEOUT,
+            "the old primary took the replica's data",
+            || match p.info_field("replication", "master_link_status").as_deref() {
+                Some("up") => Ok(()),
+                other => Err(format!("master_link_status {other:?}")),
+            },
+        );
+        assert_eq!(p.redis_cli(["REPLICAOF", "NO", "ONE"]), "OK");
+    })
+    .await;
+    let h = health(&a).await;
+    assert_eq!(h.details["data_losses"], 0, "{h:?}");
+    assert!(!h.details.contains_key("reason"), "{h:?}");
+}
