@@ -86,6 +86,9 @@ const LIST_MIN_BATCH: usize = 8;
 const EXPORT_PAGE: &str = "200";
 /// Import scripts in flight at once (one per resource, pipelined).
 const IMPORT_CONCURRENCY: usize = 32;
+/// How long a data-loss check waits for replicas to confirm its markers (with
+/// `min_replicas_ack`): short, so a replica that is down never slows the health check.
+const GENERATION_WAIT: Duration = Duration::from_millis(250);
 /// Lua numbers are doubles: integers from 2^53 on are not kept exactly.
 const LUA_EXACT: u64 = 1 << 53;
 
@@ -561,8 +564,19 @@ impl Inner {
                     .await?;
                 // With min_replicas_ack, a `seen` the replicas did not confirm may be
                 // lost in a failover that loses no confirmed change: it is not
-                // compared next time (no false alarm).
-                let acked = self.wait_acked(b, generation).await.is_ok();
+                // compared next time (no false alarm). Briefly: a replica that is down
+                // must not make the health check slow.
+                let acked = self.min_replicas_ack == 0
+                    || self
+                        .conn
+                        .wait_replicas(
+                            generation,
+                            &self.buckets[b],
+                            self.min_replicas_ack,
+                            GENERATION_WAIT,
+                        )
+                        .await
+                        .is_ok_and(|n| n >= u64::from(self.min_replicas_ack));
                 Ok::<_, BackendError>((reply, acked))
             }
         }))
