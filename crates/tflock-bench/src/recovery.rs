@@ -48,6 +48,9 @@ pub const SERVERS: usize = 3;
 pub const RETRY: Duration = Duration::from_millis(20);
 /// How long Redis stays down once every breaker is open.
 const AFTER_OPEN: Duration = Duration::from_millis(500);
+/// A fault whose clients took longer than this (ms) to be granted again has its
+/// servers' log tails printed.
+const SLOW_MS: f64 = 1000.0;
 /// Bound of every wait that is not the measure.
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -209,7 +212,7 @@ impl Server {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        lines[lines.len().saturating_sub(25)..].join("\n")
     }
 }
 
@@ -469,7 +472,13 @@ async fn hold_until_open(fleet: &Fleet) -> Result<()> {
 
 /// Runs one fault with the load on: `down` breaks Redis, `up` returns the instant it
 /// is back. Returns the fault's figures.
-async fn one_fault<D, U, UF>(fleet: &Fleet, tag: &str, down: D, up: U) -> Result<FaultResult>
+async fn one_fault<D, U, UF>(
+    fleet: &Fleet,
+    tag: &str,
+    redis: Option<&Arc<RedisServer>>,
+    down: D,
+    up: U,
+) -> Result<FaultResult>
 where
     D: AsyncFnOnce() -> Result<()>,
     U: FnOnce() -> UF,
@@ -489,10 +498,35 @@ where
             .await
             .context("after Redis was back")?;
         let since = |t: &Instant| t.duration_since(back).as_secs_f64() * 1e3;
+        let all = grants.iter().map(since).fold(0.0, f64::max);
+        if all > SLOW_MS {
+            // Which server lagged, and what its log says: a slow recovery is worth a
+            // look, not only a figure.
+            for (i, server) in fleet.servers.iter().enumerate() {
+                let last = grants
+                    .iter()
+                    .enumerate()
+                    .filter(|(c, _)| c % SERVERS == i)
+                    .map(|(_, t)| since(t))
+                    .fold(0.0, f64::max);
+                eprintln!(
+                    "tflock-bench: recovery: slow fault {tag}: server {i}'s clients all granted after {last:.0} ms; its log:\n{}",
+                    server.log_tail()
+                );
+            }
+            // Redis's own stalls (an `appendfsync always` fsync on a busy disk, the
+            // AOF rewrite) show in its latency monitor.
+            if let Some(r) = redis {
+                let r = r.clone();
+                if let Ok(latest) = blocking(move || r.redis_cli(["LATENCY", "LATEST"])).await {
+                    eprintln!("tflock-bench: recovery: slow fault {tag}: Redis LATENCY LATEST:\n{latest}");
+                }
+            }
+        }
         Ok(FaultResult {
             down_ms: back.duration_since(fault_at).as_secs_f64() * 1e3,
             first_ms: grants.iter().map(since).fold(f64::INFINITY, f64::min),
-            all_ms: grants.iter().map(since).fold(0.0, f64::max),
+            all_ms: all,
         })
     }
     .await;
@@ -502,8 +536,16 @@ where
 
 /// The standalone faults (kill + restart, stop + continue), `n` of each.
 pub async fn standalone(bin: &ServerBinary, dir: &Path, n: usize) -> Result<Vec<RecoveryRow>> {
-    let redis =
-        blocking(|| Arc::new(RedisServer::start(RedisOptions::default().appendonly()))).await?;
+    // The latency monitor records Redis's own stalls of 100 ms or more, printed for a
+    // slow fault.
+    let redis = blocking(|| {
+        Arc::new(RedisServer::start(
+            RedisOptions::default()
+                .appendonly()
+                .config("latency-monitor-threshold 100"),
+        ))
+    })
+    .await?;
     let yaml = format!("    addresses: [\"{}\"]\n", redis.addr());
     let fleet = Fleet::start(bin, dir, &yaml).await?;
     let addr = redis.addr();
@@ -530,7 +572,7 @@ pub async fn standalone(bin: &ServerBinary, dir: &Path, n: usize) -> Result<Vec<
                 }
                 Ok(pong.await?)
             };
-            match one_fault(&fleet, &tag, down, up).await {
+            match one_fault(&fleet, &tag, Some(&redis), down, up).await {
                 Ok(f) => {
                     eprintln!(
                         "tflock-bench: recovery: {} #{}: first grant {:.0} ms, all {CLIENTS} {:.0} ms after Redis was back",
@@ -604,7 +646,7 @@ pub async fn sentinel(bin: &ServerBinary, dir: &Path, n: usize) -> Result<Recove
             seen.await?
                 .map_err(|_| anyhow!("no failover seen within {LIMIT:?}"))
         };
-        match one_fault(&fleet, &tag, down, up).await {
+        match one_fault(&fleet, &tag, None, down, up).await {
             Ok(f) => {
                 eprintln!(
                     "tflock-bench: recovery: {} #{}: first grant {:.0} ms, all {CLIENTS} {:.0} ms after the failover",
