@@ -104,6 +104,14 @@ struct Args {
     /// The Python peers' venv (default: target/bench-venv).
     #[arg(long)]
     venv: Option<PathBuf>,
+    /// Faults of each kind in the recovery measure (default: 10, 3 with --quick, 1
+    /// with --smoke).
+    #[arg(long)]
+    recovery_faults: Option<usize>,
+    /// Only these recovery fault kinds (comma-separated: kill, stop, failover;
+    /// default all, no failover with --smoke).
+    #[arg(long, value_delimiter = ',')]
+    recovery_kinds: Vec<String>,
     /// Measure nothing: redraw the report and plots from a `results.json` of an
     /// earlier run (after editing the report's code or its hand-written sections).
     #[arg(long)]
@@ -121,9 +129,9 @@ struct Plan {
     queue_rounds: usize,
     rb_requests: [u64; 3],
     python_peers: bool,
-    /// Faults of each kind in the recovery measure; Sentinel failovers too or not.
+    /// Faults of each kind in the recovery measure, and which kinds.
     recovery_faults: usize,
-    recovery_sentinel: bool,
+    recovery_kinds: Vec<recovery::FaultKind>,
 }
 
 const CLIENTS: [usize; 3] = [1, 16, 64];
@@ -144,8 +152,8 @@ const STARVE_HOLD: Duration = Duration::from_millis(2);
 const GRACE: Duration = Duration::from_secs(20);
 
 impl Plan {
-    fn from(a: &Args) -> Plan {
-        if a.smoke {
+    fn from(a: &Args) -> Result<Plan> {
+        let mut plan = if a.smoke {
             Plan {
                 mode: "smoke",
                 seconds: Duration::from_millis(200),
@@ -156,7 +164,10 @@ impl Plan {
                 rb_requests: [2000, 5000, 5000],
                 python_peers: false,
                 recovery_faults: 1,
-                recovery_sentinel: false,
+                recovery_kinds: vec![
+                    recovery::FaultKind::KillRestart,
+                    recovery::FaultKind::StopCont,
+                ],
             }
         } else if a.quick {
             Plan {
@@ -169,7 +180,7 @@ impl Plan {
                 rb_requests: [30_000, 60_000, 60_000],
                 python_peers: !a.no_python_peers,
                 recovery_faults: 3,
-                recovery_sentinel: true,
+                recovery_kinds: recovery::FaultKind::ALL.to_vec(),
             }
         } else {
             Plan {
@@ -182,9 +193,20 @@ impl Plan {
                 rb_requests: [60_000, 200_000, 200_000],
                 python_peers: !a.no_python_peers,
                 recovery_faults: 10,
-                recovery_sentinel: true,
+                recovery_kinds: recovery::FaultKind::ALL.to_vec(),
             }
+        };
+        if let Some(n) = a.recovery_faults {
+            plan.recovery_faults = n;
         }
+        if !a.recovery_kinds.is_empty() {
+            plan.recovery_kinds = a
+                .recovery_kinds
+                .iter()
+                .map(|k| recovery::FaultKind::parse(k))
+                .collect::<Result<_>>()?;
+        }
+        Ok(plan)
     }
 }
 
@@ -259,7 +281,7 @@ fn write_report(r: &mut Results, out: &Path, plots: &Path) -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     let t0 = Instant::now();
-    let plan = Plan::from(&args);
+    let plan = Plan::from(&args)?;
     if let Some(json) = &args.from_json {
         let mut r: Results = serde_json::from_str(
             &std::fs::read_to_string(json)
@@ -464,11 +486,17 @@ async fn recovery_measure(ctx: &Ctx, r: &mut Results) -> Result<()> {
     };
     let dir = ctx.work.join("recovery");
     std::fs::create_dir_all(&dir)?;
-    match recovery::standalone(&bin, &dir, n).await {
-        Ok(rows) => run.rows.extend(rows),
-        Err(e) => r.errors.push(format!("recovery (standalone): {e:#}")),
+    let kinds = &ctx.plan.recovery_kinds;
+    if kinds
+        .iter()
+        .any(|k| *k != recovery::FaultKind::SentinelFailover)
+    {
+        match recovery::standalone(&bin, &dir, n, kinds).await {
+            Ok(rows) => run.rows.extend(rows),
+            Err(e) => r.errors.push(format!("recovery (standalone): {e:#}")),
+        }
     }
-    if ctx.plan.recovery_sentinel {
+    if kinds.contains(&recovery::FaultKind::SentinelFailover) {
         let dir = ctx.work.join("recovery-sentinel");
         std::fs::create_dir_all(&dir)?;
         match recovery::sentinel(&bin, &dir, n).await {
@@ -478,7 +506,11 @@ async fn recovery_measure(ctx: &Ctx, r: &mut Results) -> Result<()> {
     } else {
         r.skipped.push(Skipped {
             what: "recovery: Sentinel failover".into(),
-            why: format!("not in a {} run", ctx.plan.mode),
+            why: if ctx.plan.mode == "smoke" {
+                "not in a smoke run".into()
+            } else {
+                "not in --recovery-kinds".into()
+            },
         });
     }
     r.recovery = Some(run);

@@ -63,6 +63,28 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    pub const ALL: [FaultKind; 3] = [
+        FaultKind::KillRestart,
+        FaultKind::StopCont,
+        FaultKind::SentinelFailover,
+    ];
+
+    /// The short name `--recovery-kinds` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillRestart => "kill",
+            FaultKind::StopCont => "stop",
+            FaultKind::SentinelFailover => "failover",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<FaultKind> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| anyhow!("unknown fault kind '{name}' (kill, stop, failover)"))
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             FaultKind::KillRestart => "Redis SIGKILL + restart (AOF)",
@@ -199,7 +221,10 @@ impl Server {
         cmd.args(["server", "--config"])
             .arg(&config)
             .env_remove("TFLOCK_CONFIG")
-            .env("ATLANTIS_LOG_LEVEL", "info")
+            .env(
+                "ATLANTIS_LOG_LEVEL",
+                std::env::var("TFLOCK_BENCH_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -207,6 +232,22 @@ impl Server {
             .spawn()
             .with_context(|| format!("spawning {}", bin.describe()))?;
         Ok(Server { addr, child, log })
+    }
+
+    /// The log's lines stamped from `from` to `to` (RFC 3339, as the server writes
+    /// them) that are not a served request: breaker transitions, failed checks and
+    /// requests, warnings.
+    fn log_between(&self, from: std::time::SystemTime, to: std::time::SystemTime) -> String {
+        let stamp = |t| humantime::format_rfc3339_micros(t).to_string();
+        let (from, to) = (stamp(from), stamp(to));
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                let t = l.get(..from.len()).unwrap_or("");
+                t >= from.as_str() && t <= to.as_str() && !l.contains("status=200")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn log_tail(&self) -> String {
@@ -294,9 +335,20 @@ impl Fleet {
     }
 }
 
-/// Grant instants per client, and the load's tasks.
+/// One call of a client: acquire (or release), when it started and ended, and what
+/// it got (`None`: granted or released; else the error). Printed for a slow fault.
+#[derive(Debug, Clone)]
+struct Attempt {
+    call: &'static str,
+    start: Instant,
+    end: Instant,
+    error: Option<String>,
+}
+
+/// Grant instants per client, each client's calls, and the load's tasks.
 struct Load {
     grants: Arc<Mutex<Vec<Vec<Instant>>>>,
+    attempts: Arc<Mutex<Vec<Vec<Attempt>>>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -304,25 +356,41 @@ struct Load {
 impl Load {
     fn start(fleet: &Fleet, tag: &str) -> Load {
         let grants = Arc::new(Mutex::new(vec![Vec::new(); CLIENTS]));
+        let attempts = Arc::new(Mutex::new(vec![Vec::new(); CLIENTS]));
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..CLIENTS)
             .map(|c| {
                 let api = fleet.apis[c % SERVERS].clone();
                 let slot = c / SERVERS;
-                let (grants, stop) = (grants.clone(), stop.clone());
+                let (grants, attempts, stop) = (grants.clone(), attempts.clone(), stop.clone());
                 let repo = format!("bench-recovery/{tag}-c{c}");
                 tokio::spawn(async move {
                     let mut n = 0u64;
+                    let log = |call, start, error: Option<String>| {
+                        attempts.lock().unwrap()[c].push(Attempt {
+                            call,
+                            start,
+                            end: Instant::now(),
+                            error,
+                        })
+                    };
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
                         let r = Resource::new(repo.clone(), ".", format!("w{n}"), "")
                             .expect("a valid resource");
+                        let start = Instant::now();
                         match api.acquire_now(slot, &r).await {
                             Ok(held) => {
                                 grants.lock().unwrap()[c].push(Instant::now());
-                                let _ = api.release(slot, &r, held).await;
+                                log("acquire", start, None);
+                                let start = Instant::now();
+                                let released = api.release(slot, &r, held).await;
+                                log("release", start, released.err().map(|e| format!("{e:#}")));
                             }
-                            Err(_) => tokio::time::sleep(RETRY).await,
+                            Err(e) => {
+                                log("acquire", start, Some(format!("{e:#}")));
+                                tokio::time::sleep(RETRY).await
+                            }
                         }
                     }
                 })
@@ -330,9 +398,36 @@ impl Load {
             .collect();
         Load {
             grants,
+            attempts,
             stop,
             tasks,
         }
+    }
+
+    /// Client `c`'s calls that ended at or after `from` and started before `until`
+    /// (ms after `back`), each as one line.
+    fn calls_between(&self, c: usize, back: Instant, from: Instant, until: Instant) -> String {
+        let ms = |t: Instant| {
+            if t >= back {
+                t.duration_since(back).as_secs_f64() * 1e3
+            } else {
+                -(back.duration_since(t).as_secs_f64() * 1e3)
+            }
+        };
+        self.attempts.lock().unwrap()[c]
+            .iter()
+            .filter(|a| a.end >= from && a.start <= until)
+            .map(|a| {
+                format!(
+                    "    {} {:+.0} .. {:+.0} ms: {}",
+                    a.call,
+                    ms(a.start),
+                    ms(a.end),
+                    a.error.as_deref().unwrap_or("ok")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Each client's first grant at or after `from`.
@@ -509,17 +604,39 @@ where
                     .filter(|(c, _)| c % SERVERS == i)
                     .map(|(_, t)| since(t))
                     .fold(0.0, f64::max);
+                let wall = |t: Instant| {
+                    let now = (Instant::now(), std::time::SystemTime::now());
+                    now.1 - now.0.duration_since(t)
+                };
+                let to = grants.iter().max().copied().unwrap_or(back);
                 eprintln!(
-                    "tflock-bench: recovery: slow fault {tag}: server {i}'s clients all granted after {last:.0} ms; its log:\n{}",
-                    server.log_tail()
+                    "tflock-bench: recovery: slow fault {tag}: server {i}'s clients all granted after {last:.0} ms; Redis back at {}; its log from 4 s before (served requests left out):\n{}",
+                    humantime::format_rfc3339_micros(wall(back)),
+                    server.log_between(wall(back) - Duration::from_secs(4), wall(to))
                 );
+            }
+            // What each late client was doing: its calls from shortly before Redis was
+            // back until its first grant after (times in ms after back).
+            for (c, t) in grants.iter().enumerate() {
+                if since(t) > SLOW_MS / 2.0 {
+                    eprintln!(
+                        "tflock-bench: recovery: slow fault {tag}: client {c} (server {}) granted at {:.0} ms; its calls:\n{}",
+                        c % SERVERS,
+                        since(t),
+                        load.calls_between(c, back, back - Duration::from_millis(500), *t)
+                    );
+                }
             }
             // Redis's own stalls (an `appendfsync always` fsync on a busy disk, the
             // AOF rewrite) show in its latency monitor.
             if let Some(r) = redis {
                 let r = r.clone();
-                if let Ok(latest) = blocking(move || r.redis_cli(["LATENCY", "LATEST"])).await {
-                    eprintln!("tflock-bench: recovery: slow fault {tag}: Redis LATENCY LATEST:\n{latest}");
+                if let Ok((latest, log)) =
+                    blocking(move || (r.redis_cli(["LATENCY", "LATEST"]), r.log_tail(30))).await
+                {
+                    eprintln!(
+                        "tflock-bench: recovery: slow fault {tag}: Redis LATENCY LATEST:\n{latest}\nRedis's log:\n{log}"
+                    );
                 }
             }
         }
@@ -534,8 +651,13 @@ where
     result
 }
 
-/// The standalone faults (kill + restart, stop + continue), `n` of each.
-pub async fn standalone(bin: &ServerBinary, dir: &Path, n: usize) -> Result<Vec<RecoveryRow>> {
+/// The standalone faults of `kinds` (kill + restart, stop + continue), `n` of each.
+pub async fn standalone(
+    bin: &ServerBinary,
+    dir: &Path,
+    n: usize,
+    kinds: &[FaultKind],
+) -> Result<Vec<RecoveryRow>> {
     // The latency monitor records Redis's own stalls of 100 ms or more, printed for a
     // slow fault.
     let redis = blocking(|| {
@@ -551,6 +673,9 @@ pub async fn standalone(bin: &ServerBinary, dir: &Path, n: usize) -> Result<Vec<
     let addr = redis.addr();
     let mut rows = Vec::new();
     for kind in [FaultKind::KillRestart, FaultKind::StopCont] {
+        if !kinds.contains(&kind) {
+            continue;
+        }
         let (mut faults, mut errors) = (Vec::new(), Vec::new());
         for i in 0..n {
             let tag = format!("{kind:?}-{i}");

@@ -803,7 +803,23 @@ impl Connector {
             Err(_) => return Err(unavailable("redis: no connection in time")),
         };
         let reply = match &mut cur.conn {
-            Conn::Single(c) => timeout(self.read_timeout, cmd.query_async::<T>(c)).await,
+            Conn::Single(c) => {
+                // A call on a connection another call already found dead gives up at
+                // once instead of waiting out its own read_timeout (a request caught
+                // on the connection when Redis died may get neither a reply nor an
+                // error until then). Nothing is sent again: the same answer as a
+                // timeout, sooner.
+                let mut dead = self.dead.subscribe();
+                let generation = cur.generation;
+                tokio::select! {
+                    r = timeout(self.read_timeout, cmd.query_async::<T>(c)) => r,
+                    _ = dead.wait_for(|d| *d >= generation) => {
+                        return Err(unavailable(
+                            "redis: the connection failed while waiting for the reply",
+                        ));
+                    }
+                }
+            }
             Conn::Cluster(c) => timeout(self.read_timeout, self.cluster_once(c, cmd)).await,
         };
         match reply {
@@ -875,13 +891,24 @@ impl Connector {
             .map(|c| c.get_connection_info().addr().to_string())
             .unwrap_or_default();
         let reply = match &mut cur.conn {
-            Conn::Single(c) => timeout(self.read_timeout, cmd.query_async::<Value>(c))
-                .await
+            Conn::Single(c) => {
+                // As in `call`: a connection found dead ends the wait at once.
+                let mut dead = self.dead.subscribe();
+                let generation = cur.generation;
+                tokio::select! {
+                    r = timeout(self.read_timeout, cmd.query_async::<Value>(c)) => r,
+                    _ = dead.wait_for(|d| *d >= generation) => {
+                        return Err(unavailable(
+                            "redis: the connection failed while waiting for the reply",
+                        ));
+                    }
+                }
                 .map(|r| match r {
                     Ok(v) => Ok(vec![(node, node_reply(v))]),
                     Err(e) if !needs_reconnect(&e) => Ok(vec![(node, Err(e.to_string()))]),
                     Err(e) => Err(e),
-                }),
+                })
+            }
             Conn::Cluster(c) => {
                 let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 timeout(self.read_timeout, c.route_command(cmd.clone(), route))
