@@ -224,6 +224,31 @@ fn same_lease(a: &Window, b: &Window) -> bool {
     a.process == b.process && a.token == b.token && a.lease_id == b.lease_id
 }
 
+/// The window a granted acquire or transfer (record `i`, `r`) opens on `res`, up to `end`.
+fn opened(process: &str, res: &str, i: usize, r: &Record, end: u64) -> Open {
+    Open {
+        window: Window {
+            process: process.to_owned(),
+            resource: res.to_owned(),
+            token: r.result.token.unwrap_or(0),
+            owner: r.result.owner.clone().unwrap_or_default(),
+            from_record: i,
+            start: r.complete,
+            end,
+            lease_id: r.result.lease_id.clone().unwrap_or_default(),
+        },
+    }
+}
+
+/// Whether a failed call on `w`'s lease was told the lease is gone while it still lived.
+fn refused_live_lease(r: &Record, w: &Window) -> bool {
+    r.complete < w.end
+        && matches!(
+            r.result.code.as_deref(),
+            Some("lease_lost" | "not_owner" | "not_found")
+        )
+}
+
 fn client_pass(
     process: &str,
     indexes: &[usize],
@@ -253,7 +278,6 @@ fn client_pass(
                 };
                 if r.result.granted() {
                     let lease = r.result.lease_id.clone().unwrap_or_default();
-                    let token = r.result.token.unwrap_or(0);
                     let bound = origin + ttl;
                     match open.remove(&res) {
                         Some(mut o) if o.window.lease_id == lease => {
@@ -264,21 +288,7 @@ fn client_pass(
                             if let Some(o) = other {
                                 close(o, r.invoke, f);
                             }
-                            open.insert(
-                                res.clone(),
-                                Open {
-                                    window: Window {
-                                        process: process.to_owned(),
-                                        resource: res.clone(),
-                                        token,
-                                        owner: r.result.owner.clone().unwrap_or_default(),
-                                        from_record: i,
-                                        start: r.complete,
-                                        end: bound,
-                                        lease_id: lease,
-                                    },
-                                },
-                            );
+                            open.insert(res.clone(), opened(process, &res, i, r, bound));
                         }
                     }
                 }
@@ -348,12 +358,7 @@ fn client_pass(
                     o.window.end = o.window.end.max(r.invoke + ttl);
                 } else if r.result.status == Status::Fail {
                     f.lease_checks += 1;
-                    if r.complete < o.window.end
-                        && matches!(
-                            r.result.code.as_deref(),
-                            Some("lease_lost" | "not_owner" | "not_found")
-                        )
-                    {
+                    if refused_live_lease(r, &o.window) {
                         f.violations.push(lock_lost(&o.window, i, r, "refresh"));
                     }
                     let o = open.remove(&res).expect("present");
@@ -368,33 +373,14 @@ fn client_pass(
                 }
                 if r.result.status == Status::Fail {
                     f.lease_checks += 1;
-                    if r.complete < o.window.end
-                        && matches!(
-                            r.result.code.as_deref(),
-                            Some("lease_lost" | "not_owner" | "not_found")
-                        )
-                    {
+                    if refused_live_lease(r, &o.window) {
                         f.violations.push(lock_lost(&o.window, i, r, r.op.name()));
                     }
                 }
                 let old_end = o.window.end;
                 close(o, r.invoke, f);
                 if r.op == Op::Transfer && r.result.status == Status::Ok {
-                    open.insert(
-                        res.clone(),
-                        Open {
-                            window: Window {
-                                process: process.to_owned(),
-                                resource: res.clone(),
-                                token: r.result.token.unwrap_or(0),
-                                owner: r.result.owner.clone().unwrap_or_default(),
-                                from_record: i,
-                                start: r.complete,
-                                end: old_end,
-                                lease_id: r.result.lease_id.clone().unwrap_or_default(),
-                            },
-                        },
-                    );
+                    open.insert(res.clone(), opened(process, &res, i, r, old_end));
                 }
             }
             Op::ReleasePull => {

@@ -140,21 +140,14 @@ impl Client {
                 };
                 self.acquire(&res, wait, kind == 2).await
             }
-            3 => {
+            3..=6 => {
                 let res = self.some_held();
-                self.refresh(&res).await
-            }
-            4 => {
-                let res = self.some_held();
-                self.release(&res).await
-            }
-            5 => {
-                let res = self.some_held();
-                self.transfer(&res).await
-            }
-            6 => {
-                let res = self.some_held();
-                self.read(&res).await
+                match kind {
+                    3 => self.refresh(&res).await,
+                    4 => self.release(&res).await,
+                    5 => self.transfer(&res).await,
+                    _ => self.read(&res).await,
+                }
             }
             7 => {
                 let k = self.rng.random_range(0..self.pending.len());
@@ -198,14 +191,7 @@ impl Client {
         reserve: bool,
     ) -> std::io::Result<()> {
         let rid = self.request_id();
-        let ttl = self.o.ttl_ms;
-        let mut body = json!({
-            "resource": Self::resource_json(res),
-            "owner": self.owner,
-            "pull": {"num": self.pull},
-            "ttl": format!("{ttl}ms"),
-            "request_id": rid,
-        });
+        let (mut body, args) = self.acquire_request(res, &rid, wait);
         if let Some(w) = wait {
             body["wait"] = json!(format!("{w}ms"));
         }
@@ -213,15 +199,6 @@ impl Client {
             body["reserve"] = json!(true);
         }
         let op = if reserve { Op::Reserve } else { Op::Acquire };
-        let args = Args {
-            resource: Some(res.to_owned()),
-            owner: Some(self.owner.clone()),
-            pull: Some(self.pull),
-            ttl_ms: Some(ttl),
-            wait_ms: wait,
-            request_id: Some(rid.clone()),
-            ..Args::default()
-        };
         let wait_for = if reserve { 0 } else { wait.unwrap_or(0) };
         let (rec, _) = self
             .call(
@@ -235,6 +212,29 @@ impl Client {
             .await?;
         self.after_acquire(&rec, res, rid, reserve, wait.unwrap_or(0), rec.invoke);
         Ok(())
+    }
+
+    /// An acquire's body and history arguments, common to a first call and a collect:
+    /// resource, owner, pull, ttl and request id (`wait_ms` goes in the arguments only).
+    fn acquire_request(&self, res: &str, rid: &str, wait_ms: Option<u64>) -> (Value, Args) {
+        let ttl = self.o.ttl_ms;
+        let body = json!({
+            "resource": Self::resource_json(res),
+            "owner": self.owner,
+            "pull": {"num": self.pull},
+            "ttl": format!("{ttl}ms"),
+            "request_id": rid,
+        });
+        let args = Args {
+            resource: Some(res.to_owned()),
+            owner: Some(self.owner.clone()),
+            pull: Some(self.pull),
+            ttl_ms: Some(ttl),
+            wait_ms,
+            request_id: Some(rid.to_owned()),
+            ..Args::default()
+        };
+        (body, args)
     }
 
     fn after_acquire(
@@ -263,46 +263,50 @@ impl Client {
                 if let Some(p) = self.pending.iter_mut().find(|p| p.request_id == rid) {
                     p.entry_id = r.entry_id.clone();
                 } else {
-                    self.pending.push(Pending {
-                        request_id: rid,
-                        resource: res.to_owned(),
-                        reserve,
-                        invoke: origin,
-                        wait_ms,
-                        entry_id: r.entry_id.clone(),
-                    });
+                    let entry_id = r.entry_id.clone();
+                    self.push_pending(rid, res, reserve, origin, wait_ms, entry_id);
                 }
             }
             Status::Ok if r.entry_id.is_some() => {
                 // A waiter's entry still there after its call went away: ask again later.
-                if !self.pending.iter().any(|p| p.request_id == rid) {
-                    self.pending.push(Pending {
-                        request_id: rid,
-                        resource: res.to_owned(),
-                        reserve,
-                        invoke: origin,
-                        wait_ms,
-                        entry_id: None,
-                    });
-                }
+                self.pend_once(rid, res, reserve, origin, wait_ms);
             }
             Status::Unknown => {
                 // The answer was lost: the call may have granted or queued; retry later.
-                if !self.pending.iter().any(|p| p.request_id == rid) {
-                    self.pending.push(Pending {
-                        request_id: rid,
-                        resource: res.to_owned(),
-                        reserve,
-                        invoke: origin,
-                        wait_ms,
-                        entry_id: None,
-                    });
-                }
+                self.pend_once(rid, res, reserve, origin, wait_ms);
             }
             // Refused before anything was sent: a collect's pending call stays pending.
             Status::Fail if r.http.is_none() => {}
             _ => self.pending.retain(|p| p.request_id != rid),
         }
+    }
+
+    /// Keeps an acquire to collect later (with no queue entry known) unless it is
+    /// already pending.
+    fn pend_once(&mut self, rid: String, res: &str, reserve: bool, origin: u64, wait_ms: u64) {
+        if !self.pending.iter().any(|p| p.request_id == rid) {
+            self.push_pending(rid, res, reserve, origin, wait_ms, None);
+        }
+    }
+
+    /// Keeps an acquire (first invoked at `origin`) to collect later.
+    fn push_pending(
+        &mut self,
+        rid: String,
+        res: &str,
+        reserve: bool,
+        origin: u64,
+        wait_ms: u64,
+        entry_id: Option<String>,
+    ) {
+        self.pending.push(Pending {
+            request_id: rid,
+            resource: res.to_owned(),
+            reserve,
+            invoke: origin,
+            wait_ms,
+            entry_id,
+        });
     }
 
     async fn collect(&mut self, k: usize) -> std::io::Result<()> {
@@ -314,38 +318,18 @@ impl Client {
             p.invoke,
             p.wait_ms,
         );
-        let ttl = self.o.ttl_ms;
-        let mut body = json!({
-            "resource": Self::resource_json(&res),
-            "owner": self.owner,
-            "pull": {"num": self.pull},
-            "ttl": format!("{ttl}ms"),
-            "request_id": rid,
-        });
+        let (mut body, args) = self.acquire_request(&res, &rid, Some(wait_ms));
         if reserve {
             body["reserve"] = json!(true);
             body["wait"] = json!(format!("{wait_ms}ms"));
         }
         let args = Args {
-            resource: Some(res.clone()),
-            owner: Some(self.owner.clone()),
-            pull: Some(self.pull),
-            ttl_ms: Some(ttl),
-            wait_ms: Some(wait_ms),
-            request_id: Some(rid.clone()),
             origin_invoke: Some(origin),
             reserve,
-            ..Args::default()
+            ..args
         };
         let (rec, _) = self
-            .call(
-                Op::Collect,
-                args,
-                "POST",
-                "/api/v1/locks/acquire",
-                Some(body),
-                0,
-            )
+            .post(Op::Collect, args, "/api/v1/locks/acquire", body)
             .await?;
         self.after_acquire(&rec, &res, rid, reserve, wait_ms, origin);
         Ok(())
@@ -361,10 +345,7 @@ impl Client {
             entry_id: Some(entry.clone()),
             ..Args::default()
         };
-        let path = format!(
-            "/api/v1/queue/{entry}?repo={}&path=.&workspace={res}&project_name=",
-            REPO.replace('/', "%2F")
-        );
+        let path = format!("/api/v1/queue/{entry}?{}", resource_query(&res));
         let (rec, _) = self
             .call(Op::Cancel, args, "DELETE", &path, None, 0)
             .await?;
@@ -392,14 +373,7 @@ impl Client {
             ..Args::default()
         };
         let (rec, _) = self
-            .call(
-                Op::Refresh,
-                args,
-                "POST",
-                "/api/v1/locks/refresh",
-                Some(body),
-                0,
-            )
+            .post(Op::Refresh, args, "/api/v1/locks/refresh", body)
             .await?;
         if rec.result.status == Status::Fail && rec.result.http.is_some() {
             self.held.remove(res);
@@ -418,15 +392,8 @@ impl Client {
             owner: Some(h.owner),
             ..Args::default()
         };
-        self.call(
-            Op::Release,
-            args,
-            "POST",
-            "/api/v1/locks/release",
-            Some(body),
-            0,
-        )
-        .await?;
+        self.post(Op::Release, args, "/api/v1/locks/release", body)
+            .await?;
         Ok(())
     }
 
@@ -450,14 +417,7 @@ impl Client {
             ..Args::default()
         };
         let (rec, _) = self
-            .call(
-                Op::Transfer,
-                args,
-                "POST",
-                "/api/v1/locks/transfer",
-                Some(body),
-                0,
-            )
+            .post(Op::Transfer, args, "/api/v1/locks/transfer", body)
             .await?;
         if rec.result.status == Status::Ok
             && let Some(lease) = rec.result.lease_id.clone()
@@ -480,14 +440,7 @@ impl Client {
             ..Args::default()
         };
         let (rec, _) = self
-            .call(
-                Op::ReleasePull,
-                args,
-                "POST",
-                "/api/v1/locks/release-pull",
-                Some(body),
-                0,
-            )
+            .post(Op::ReleasePull, args, "/api/v1/locks/release-pull", body)
             .await?;
         // Whatever the outcome, none of our leases can be trusted any more.
         self.held.clear();
@@ -506,10 +459,7 @@ impl Client {
             resource: Some(res.to_owned()),
             ..Args::default()
         };
-        let path = format!(
-            "/api/v1/lock?repo={}&path=.&workspace={res}&project_name=",
-            REPO.replace('/', "%2F")
-        );
+        let path = format!("/api/v1/lock?{}", resource_query(res));
         self.call(Op::Read, args, "GET", &path, None, 0).await?;
         Ok(())
     }
@@ -537,6 +487,17 @@ impl Client {
             self.release(&res).await?;
         }
         Ok(())
+    }
+
+    /// A POST that the server answers at once (no wait), recorded.
+    async fn post(
+        &mut self,
+        op: Op,
+        args: Args,
+        path: &str,
+        body: Value,
+    ) -> std::io::Result<(Record, Option<Value>)> {
+        self.call(op, args, "POST", path, Some(body), 0).await
     }
 
     /// One HTTP call, recorded. `wait_ms` is how long the server may hold it open.
@@ -619,6 +580,14 @@ impl Client {
         self.ops += 1;
         Ok((rec, value))
     }
+}
+
+/// The query string naming resource `res` of [`REPO`].
+fn resource_query(res: &str) -> String {
+    format!(
+        "repo={}&path=.&workspace={res}&project_name=",
+        REPO.replace('/', "%2F")
+    )
 }
 
 /// The history's view of one HTTP answer.

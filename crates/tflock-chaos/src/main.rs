@@ -76,6 +76,15 @@ enum Cmd {
     Check { dir: PathBuf },
 }
 
+/// Exit 1 when a report found violations, else success.
+fn verdict(violations: usize) -> ExitCode {
+    if violations > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
@@ -137,11 +146,7 @@ fn main() -> ExitCode {
                 Ok(out) => {
                     print!("{}", out.report.text());
                     println!("history and report: {}", out.dir.display());
-                    if out.report.violation_count() > 0 {
-                        ExitCode::from(1)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
+                    verdict(out.report.violation_count())
                 }
                 Err(e) => {
                     eprintln!("chaos run failed: {e}");
@@ -192,11 +197,7 @@ fn main() -> ExitCode {
             let f = checker::check(&h);
             let r = report::build(&h, &f);
             print!("{}", r.text());
-            if r.violation_count() > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
+            verdict(r.violation_count())
         }
     }
 }

@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use crate::clock::{ms, now_ns};
 use crate::harness::{Deployment, Store, Topology};
 use crate::history::{Args, NEMESIS, Op, Outcome, Record, Writer};
+use tflock_testkit::RedisCluster;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Fault {
@@ -136,26 +137,41 @@ impl<'a> Nemesis<'a> {
             let mut round = self.kinds.clone();
             round.shuffle(&mut self.rng);
             for fault in round {
-                let stopped = self
-                    .stop
-                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
-                if stopped || now_ns() >= self.until || count >= self.max_faults {
+                if self.stopped() || now_ns() >= self.until || count >= self.max_faults {
                     break 'outer;
                 }
                 self.inject(fault)?;
                 count += 1;
                 let calm = self.rng.random_range(1000..3000);
                 let end = now_ns() + ms(calm);
-                while now_ns() < end
-                    && !self
-                        .stop
-                        .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
-                {
+                while now_ns() < end && !self.stopped() {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
         }
         Ok(count)
+    }
+
+    /// Whether the clients are done (no further fault starts).
+    fn stopped(&self) -> bool {
+        self.stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// A seeded server of the `n`, named in `args` as the fault's target.
+    fn target_server(&mut self, n: usize, args: &mut Args) -> usize {
+        let i = self.rng.random_range(0..n);
+        args.target = Some(format!("server {i}"));
+        args.target_server = Some(i);
+        i
+    }
+
+    /// A seeded primary of the cluster, named in `args` as the fault's target.
+    fn target_cluster_primary(&mut self, c: &RedisCluster, args: &mut Args) -> usize {
+        let primaries = c.primaries();
+        let i = primaries[self.rng.random_range(0..primaries.len())];
+        args.target = Some(format!("cluster primary {}", c.node(i).addr()));
+        i
     }
 
     fn inject(&mut self, fault: Fault) -> std::io::Result<()> {
@@ -168,18 +184,14 @@ impl<'a> Nemesis<'a> {
         let invoke = now_ns();
         match fault {
             Fault::ServerKill => {
-                let i = self.rng.random_range(0..n);
-                args.target = Some(format!("server {i}"));
-                args.target_server = Some(i);
+                let i = self.target_server(n, &mut args);
                 let s = &self.d.servers[i];
                 s.kill();
                 sleep_ms(self.rng.random_range(200..1500));
                 s.start();
             }
             Fault::ServerPause => {
-                let i = self.rng.random_range(0..n);
-                args.target = Some(format!("server {i}"));
-                args.target_server = Some(i);
+                let i = self.target_server(n, &mut args);
                 let s = &self.d.servers[i];
                 s.pause();
                 sleep_ms(ttl + self.rng.random_range(200..1500));
@@ -213,9 +225,7 @@ impl<'a> Nemesis<'a> {
                         }
                     }
                     Store::Cluster(c) => {
-                        let primaries = c.primaries();
-                        let i = primaries[self.rng.random_range(0..primaries.len())];
-                        args.target = Some(format!("cluster primary {}", c.node(i).addr()));
+                        let i = self.target_cluster_primary(c, &mut args);
                         c.node(i).pause();
                         sleep_ms(pause);
                         c.node(i).resume();
@@ -267,9 +277,7 @@ impl<'a> Nemesis<'a> {
                 let Store::Cluster(c) = &self.d.store else {
                     unreachable!("cluster only")
                 };
-                let primaries = c.primaries();
-                let i = primaries[self.rng.random_range(0..primaries.len())];
-                args.target = Some(format!("cluster primary {}", c.node(i).addr()));
+                let i = self.target_cluster_primary(c, &mut args);
                 c.kill_primary(i);
                 c.wait_for_failover(i);
                 c.node(i).restart();
