@@ -241,6 +241,15 @@ impl RedisSentinel {
         self.sentinels.iter().map(RedisServer::addr).collect()
     }
 
+    /// [`sentinel_addrs`](Self::sentinel_addrs) as `host:port` strings, the form a
+    /// client's configuration takes them in.
+    pub fn sentinel_addr_strings(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| s.addr().to_string())
+            .collect()
+    }
+
     /// The sentinel processes (to kill or pause one).
     pub fn sentinels(&self) -> &[RedisServer] {
         &self.sentinels
