@@ -16,7 +16,7 @@ use tflock_core::{
     Backend, EventKind, LockEvent, LockRequest, LockSettings, NotAcquiredReason, Resource,
     SystemClock,
 };
-use tflock_redis::{RedisBackend, RedisConfig};
+use tflock_redis::{ConnectError, RedisBackend, RedisConfig};
 use tflock_testkit::{RedisOptions, RedisServer};
 use tokio::sync::broadcast;
 
@@ -34,27 +34,18 @@ fn settings() -> LockSettings {
     }
 }
 
-fn config_for(server: &RedisServer) -> RedisConfig {
-    RedisConfig {
-        key_prefix: common::fresh_prefix(),
-        ..common::with_test_timeouts(RedisConfig::standalone(server.addr().to_string()))
-    }
-}
-
-async fn start(options: RedisOptions) -> Arc<RedisServer> {
-    tokio::task::spawn_blocking(move || Arc::new(RedisServer::start(options)))
-        .await
-        .unwrap()
-}
+use common::{config_for_server as config_for, start_server as start};
 
 async fn blocking<F: FnOnce() + Send + 'static>(f: F) {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+async fn try_connect(config: RedisConfig) -> Result<Arc<RedisBackend>, ConnectError> {
+    RedisBackend::connect(config, settings(), Arc::new(SystemClock)).await
+}
+
 async fn connect(config: RedisConfig) -> Arc<RedisBackend> {
-    RedisBackend::connect(config, settings(), Arc::new(SystemClock))
-        .await
-        .expect("connect")
+    try_connect(config).await.expect("connect")
 }
 
 /// Grants (then frees) `resources` one after the other; returns the highest token.
@@ -225,20 +216,11 @@ async fn an_older_rdb_copy_restored_is_detected() {
     let before = grant_all(&a, &rs).await;
     assert!(health(&a).await.healthy);
     assert_eq!(server.redis_cli(["SAVE"]), "OK");
-    let s = server.clone();
-    blocking(move || {
-        s.stop();
+    restore_and_restart(&server, move || {
         std::fs::copy(&backup, &rdb).unwrap();
-        s.restart();
     })
     .await;
-    let h = health(&a).await;
-    assert_lost(&h);
-    assert_eq!(
-        h.details["last_data_loss"]["found"][0], "rolled_back",
-        "{h:?}"
-    );
-    delay_then_tokens_above(&a, &rs[0], before).await;
+    assert_rolled_back(&a, &rs[0], before).await;
 }
 
 /// A replica that lagged becomes the data at the server's address, as after a
@@ -258,34 +240,12 @@ async fn failover_to_a_lagged_replica_is_detected() {
     // Let the replica catch up, then stop it and cut its link: what follows never
     // reaches it (not even through its socket buffer).
     assert_eq!(primary.redis_cli(["WAIT", "1", "5000"]), "1");
-    let (p, r) = (primary.clone(), replica.clone());
-    blocking(move || {
-        r.pause();
-        p.redis_cli(["CLIENT", "KILL", "TYPE", "replica"]);
-    })
-    .await;
+    cut_off_the_replica(&primary, &replica).await;
     let before = grant_all(&a, &rs).await;
     assert!(health(&a).await.healthy);
 
-    let (p, r) = (primary.clone(), replica.clone());
-    blocking(move || {
-        p.kill();
-        r.resume();
-        assert_eq!(r.redis_cli(["REPLICAOF", "NO", "ONE"]), "OK");
-        p.restart();
-        let port = r.port().to_string();
-        assert_eq!(p.redis_cli(["REPLICAOF", "127.0.0.1", port.as_str()]), "OK");
-        tflock_testkit::wait_until(
-            tflock_testkit::DEFAULT_TIMEOUT,
-            "the old primary took the lagged data",
-            || match p.info_field("replication", "master_link_status").as_deref() {
-                Some("up") => Ok(()),
-                other => Err(format!("master_link_status {other:?}")),
-            },
-        );
-        assert_eq!(p.redis_cli(["REPLICAOF", "NO", "ONE"]), "OK");
-    })
-    .await;
+    fail_over_to_the_replica_and_back(&primary, &replica, "the old primary took the lagged data")
+        .await;
     let h = health(&a).await;
     assert_lost(&h);
     delay_then_tokens_above(&a, &rs[0], before).await;
@@ -370,34 +330,26 @@ async fn no_persistence_warns_and_require_persistence_refuses() {
         require_persistence: true,
         ..config_for(&memory)
     };
-    let err = RedisBackend::connect(strict.clone(), settings(), Arc::new(SystemClock))
+    let err = try_connect(strict.clone())
         .await
         .expect_err("no persistence, required");
     assert_eq!(err.setting, "redis.require_persistence", "{err}");
 
     let aof = start(RedisOptions::default().appendonly()).await;
-    let ok = RedisBackend::connect(
-        RedisConfig {
-            require_persistence: true,
-            ..config_for(&aof)
-        },
-        settings(),
-        Arc::new(SystemClock),
-    )
+    let ok = try_connect(RedisConfig {
+        require_persistence: true,
+        ..config_for(&aof)
+    })
     .await
     .expect("AOF is persistence");
     assert_eq!(health(&ok).await.details["persistence"], "aof");
 
     // CONFIG renamed away (a managed Redis): unknown, which never refuses.
     let hidden = start(RedisOptions::default().config("rename-command CONFIG \"\"")).await;
-    let b = RedisBackend::connect(
-        RedisConfig {
-            require_persistence: true,
-            ..config_for(&hidden)
-        },
-        settings(),
-        Arc::new(SystemClock),
-    )
+    let b = try_connect(RedisConfig {
+        require_persistence: true,
+        ..config_for(&hidden)
+    })
     .await
     .expect("unknown persistence does not refuse");
     assert_eq!(health(&b).await.details["persistence"], "unknown");
@@ -415,14 +367,7 @@ async fn a_sentinel_failover_to_a_paused_replica_is_detected() {
             .unwrap(),
     );
     let config = RedisConfig {
-        sentinel: tflock_redis::SentinelConfig {
-            master_name: Some(sentinel.master_name().to_string()),
-            addresses: sentinel
-                .sentinel_addrs()
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-        },
+        sentinel: common::sentinel_config(&sentinel),
         key_prefix: common::fresh_prefix(),
         read_timeout: Duration::from_secs(1),
         ..common::with_test_timeouts(RedisConfig::default())
@@ -470,21 +415,73 @@ async fn an_older_aof_restored_is_detected() {
     copy_dir(&aof, &backup);
     let before = grant_all(&a, &rs).await;
     assert!(health(&a).await.healthy);
+    restore_and_restart(&server, move || {
+        std::fs::remove_dir_all(&aof).unwrap();
+        copy_dir(&backup, &aof);
+    })
+    .await;
+    assert_rolled_back(&a, &rs[0], before).await;
+}
+
+/// Stops (SIGSTOP) `replica` and cuts its link: what `primary` takes next never
+/// reaches it (not even through its socket buffer).
+async fn cut_off_the_replica(primary: &Arc<RedisServer>, replica: &Arc<RedisServer>) {
+    let (p, r) = (primary.clone(), replica.clone());
+    blocking(move || {
+        r.pause();
+        p.redis_cli(["CLIENT", "KILL", "TYPE", "replica"]);
+    })
+    .await;
+}
+
+/// A failover to `replica` as the backend at `primary`'s address sees it: the primary
+/// is killed, the replica resumed and promoted; the primary comes back empty, takes
+/// the replica's data as its replica (`linked` names that wait) and is promoted back.
+async fn fail_over_to_the_replica_and_back(
+    primary: &Arc<RedisServer>,
+    replica: &Arc<RedisServer>,
+    linked: &'static str,
+) {
+    let (p, r) = (primary.clone(), replica.clone());
+    blocking(move || {
+        p.kill();
+        r.resume();
+        assert_eq!(r.redis_cli(["REPLICAOF", "NO", "ONE"]), "OK");
+        p.restart();
+        let port = r.port().to_string();
+        assert_eq!(p.redis_cli(["REPLICAOF", "127.0.0.1", port.as_str()]), "OK");
+        tflock_testkit::wait_until(tflock_testkit::DEFAULT_TIMEOUT, linked, || {
+            match p.info_field("replication", "master_link_status").as_deref() {
+                Some("up") => Ok(()),
+                other => Err(format!("master_link_status {other:?}")),
+            }
+        });
+        assert_eq!(p.redis_cli(["REPLICAOF", "NO", "ONE"]), "OK");
+    })
+    .await;
+}
+
+/// Stops `server`, puts an older copy of its data back (`restore`), starts it again.
+async fn restore_and_restart(server: &Arc<RedisServer>, restore: impl FnOnce() + Send + 'static) {
     let s = server.clone();
     blocking(move || {
         s.stop();
-        std::fs::remove_dir_all(&aof).unwrap();
-        copy_dir(&backup, &aof);
+        restore();
         s.restart();
     })
     .await;
-    let h = health(&a).await;
+}
+
+/// After an older copy was restored: the loss is reported as `rolled_back`, and
+/// after the delay tokens on `r` go on above `before`.
+async fn assert_rolled_back(a: &RedisBackend, r: &Resource, before: u64) {
+    let h = health(a).await;
     assert_lost(&h);
     assert_eq!(
         h.details["last_data_loss"]["found"][0], "rolled_back",
         "{h:?}"
     );
-    delay_then_tokens_above(&a, &rs[0], before).await;
+    delay_then_tokens_above(a, r, before).await;
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -501,45 +498,22 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfirmed_check_lost_in_a_failover_is_no_false_alarm() {
     let (primary, replica) = common::primary_and_replica().await;
-    let a = RedisBackend::connect(
-        RedisConfig {
-            min_replicas_ack: 1,
-            ..config_for(&primary)
-        },
-        settings(),
-        Arc::new(SystemClock),
-    )
-    .await
-    .expect("connect");
+    let a = connect(RedisConfig {
+        min_replicas_ack: 1,
+        ..config_for(&primary)
+    })
+    .await;
     let rs: Vec<Resource> = (0..2).map(|i| resource(&format!("o/acked{i}"))).collect();
     grant_all(&a, &rs).await;
     assert!(health(&a).await.healthy);
-    let (p, r) = (primary.clone(), replica.clone());
-    blocking(move || {
-        r.pause();
-        p.redis_cli(["CLIENT", "KILL", "TYPE", "replica"]);
-    })
-    .await;
+    cut_off_the_replica(&primary, &replica).await;
     // Its `seen` write is not confirmed (the replica is stopped).
     let _ = a.health_check().await;
-    let (p, r) = (primary.clone(), replica.clone());
-    blocking(move || {
-        p.kill();
-        r.resume();
-        assert_eq!(r.redis_cli(["REPLICAOF", "NO", "ONE"]), "OK");
-        p.restart();
-        let port = r.port().to_string();
-        assert_eq!(p.redis_cli(["REPLICAOF", "127.0.0.1", port.as_str()]), "OK");
-        tflock_testkit::wait_until(
-            tflock_testkit::DEFAULT_TIMEOUT,
-            "the old primary took the replica's data",
-            || match p.info_field("replication", "master_link_status").as_deref() {
-                Some("up") => Ok(()),
-                other => Err(format!("master_link_status {other:?}")),
-            },
-        );
-        assert_eq!(p.redis_cli(["REPLICAOF", "NO", "ONE"]), "OK");
-    })
+    fail_over_to_the_replica_and_back(
+        &primary,
+        &replica,
+        "the old primary took the replica's data",
+    )
     .await;
     let h = health(&a).await;
     assert_eq!(h.details["data_losses"], 0, "{h:?}");

@@ -94,14 +94,34 @@ pub fn sentinel_deployment() -> &'static RedisSentinel {
 }
 
 pub fn sentinel() -> RedisConfig {
-    let s = sentinel_deployment();
     with_test_timeouts(RedisConfig {
-        sentinel: SentinelConfig {
-            master_name: Some(s.master_name().to_string()),
-            addresses: s.sentinel_addrs().iter().map(|a| a.to_string()).collect(),
-        },
+        sentinel: sentinel_config(sentinel_deployment()),
         ..RedisConfig::default()
     })
+}
+
+/// The backend's view of Sentinel deployment `s`: its master name and sentinels.
+pub fn sentinel_config(s: &RedisSentinel) -> SentinelConfig {
+    SentinelConfig {
+        master_name: Some(s.master_name().to_string()),
+        addresses: s.sentinel_addr_strings(),
+    }
+}
+
+/// A fresh key prefix on standalone `server`, with the test timeouts.
+pub fn config_for_server(server: &RedisServer) -> RedisConfig {
+    RedisConfig {
+        key_prefix: fresh_prefix(),
+        ..with_test_timeouts(RedisConfig::standalone(server.addr().to_string()))
+    }
+}
+
+/// Starts a redis-server of its own (in a blocking task, so a slow start never stalls
+/// a runtime).
+pub async fn start_server(options: RedisOptions) -> Arc<RedisServer> {
+    tokio::task::spawn_blocking(move || Arc::new(RedisServer::start(options)))
+        .await
+        .unwrap()
 }
 
 /// Makes stores on one topology: `base` gives its configuration (started on first
