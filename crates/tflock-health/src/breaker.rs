@@ -503,11 +503,7 @@ mod tests {
         let (b, _) = breaker();
         fail(&b);
         fail(&b);
-        let p = b.try_acquire().unwrap();
-        b.record(p, true);
-        fail(&b);
-        fail(&b);
-        assert_eq!(b.state(), BreakerState::Closed);
+        assert_a_success_restarts_the_count(&b);
     }
 
     #[test]
@@ -648,11 +644,7 @@ mod tests {
         clock.advance(Duration::from_secs(30));
         let p = b.try_acquire().unwrap();
         b.record(p, false);
-        assert_eq!(b.state(), BreakerState::Open);
-        clock.advance(Duration::from_secs(29));
-        assert_eq!(b.state(), BreakerState::Open);
-        clock.advance(Duration::from_secs(1));
-        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_open_for_a_full_reset_timeout(&b, &clock);
     }
 
     #[test]
@@ -668,6 +660,26 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(!b.try_acquire().unwrap().is_probe());
         assert_eq!(b.transitions(), 2, "closed -> open -> closed");
+    }
+
+    /// A closed breaker passes a call (no probe) whose success restarts the failure
+    /// count: two failures after it, below the threshold of 3, leave it closed.
+    fn assert_a_success_restarts_the_count(b: &CircuitBreaker) {
+        let p = b.try_acquire().expect("closed: calls pass");
+        assert!(!p.is_probe());
+        b.record(p, true);
+        fail(b);
+        fail(b);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    /// Just reopened: open for a full reset timeout (30 s), then half-open.
+    fn assert_open_for_a_full_reset_timeout(b: &CircuitBreaker, clock: &ManualClock) {
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
     }
 
     fn open(b: &CircuitBreaker) {
@@ -732,13 +744,8 @@ mod tests {
         clock.advance(d);
         b.record_check(true);
         assert_eq!(b.state(), BreakerState::Closed);
-        let p = b.try_acquire().expect("closed: calls pass");
-        assert!(!p.is_probe());
-        b.record(p, true);
         // And the failure count starts from zero: it takes the full threshold again.
-        fail(&b);
-        fail(&b);
-        assert_eq!(b.state(), BreakerState::Closed);
+        assert_a_success_restarts_the_count(&b);
     }
 
     #[test]
@@ -786,11 +793,7 @@ mod tests {
         clock.advance(Duration::from_secs(30));
         assert_eq!(b.state(), BreakerState::HalfOpen);
         b.record_check(false);
-        assert_eq!(b.state(), BreakerState::Open);
-        clock.advance(Duration::from_secs(29));
-        assert_eq!(b.state(), BreakerState::Open);
-        clock.advance(Duration::from_secs(1));
-        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_open_for_a_full_reset_timeout(&b, &clock);
     }
 
     #[test]

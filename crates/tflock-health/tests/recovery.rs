@@ -17,13 +17,15 @@
 //! little under load, that is the cause to check first. The benchmark
 //! (`tflock-bench --only recovery`) reports the same figures over many faults.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tflock_core::{Backend, LockRequest, LockSettings, Resource, SharedBackend, SystemClock};
-use tflock_health::{BreakerSettings, BreakerState, GuardedBackend, Health, spawn_monitor};
+use tflock_core::{Backend, LockRequest, LockSettings, Resource, SystemClock};
+use tflock_health::{BreakerSettings, BreakerState, GuardedBackend, Health};
 use tflock_redis::{RedisBackend, RedisConfig, SentinelConfig};
 use tflock_testkit::{RedisOptions, RedisSentinel, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,15 +37,10 @@ const RECOVERY: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(20);
 
 struct Rig {
+    /// First, so it stops before the rest goes.
+    _monitor: common::Monitor,
     guarded: Arc<GuardedBackend>,
     health: Arc<Health>,
-    monitor: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.monitor.abort();
-    }
 }
 
 async fn standalone() -> (Arc<RedisServer>, Rig) {
@@ -67,25 +64,17 @@ async fn rig(base: RedisConfig) -> Rig {
     let redis = RedisBackend::connect(config, LockSettings::default(), Arc::new(SystemClock))
         .await
         .expect("connect to Redis");
-    let health = Arc::new(Health::new(
-        "redis",
-        BreakerSettings::default(),
-        true,
-        Arc::new(SystemClock),
-    ));
-    let inner: SharedBackend = redis;
-    let guarded = Arc::new(GuardedBackend::new(inner.clone(), health.clone()));
     // As `tflock server` runs it: every 10 s, each check bounded by 2 s.
-    let monitor = spawn_monitor(
-        inner,
-        health.clone(),
+    let (guarded, health, monitor) = common::guard(
+        redis,
+        BreakerSettings::default(),
         Duration::from_secs(10),
         Duration::from_secs(2),
     );
     Rig {
+        _monitor: monitor,
         guarded,
         health,
-        monitor,
     }
 }
 
@@ -361,11 +350,7 @@ async fn locking_is_back_within_a_second_of_a_sentinel_failover() {
     let rig = rig(RedisConfig {
         sentinel: SentinelConfig {
             master_name: Some(sentinel.master_name().to_string()),
-            addresses: sentinel
-                .sentinel_addrs()
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
+            addresses: sentinel.sentinel_addr_strings(),
         },
         ..RedisConfig::default()
     })

@@ -7,14 +7,16 @@
 //! Each test has its own `redis-server`. Every wait is a bounded loop; the only timing
 //! assertion is the loose "refused in under 50 ms while open".
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tflock_core::{
     Backend, ErrorCode, FencingToken, Lock, LockRequest, LockResponse, LockSettings, Resource,
-    SharedBackend, SystemClock, TryLockError,
+    SystemClock, TryLockError,
 };
-use tflock_health::{BreakerSettings, BreakerState, GuardedBackend, Health, spawn_monitor};
+use tflock_health::{BreakerSettings, BreakerState, GuardedBackend, Health};
 use tflock_redis::{RedisBackend, RedisConfig};
 use tflock_testkit::{RedisOptions, RedisServer};
 
@@ -29,17 +31,12 @@ const FAST: Duration = Duration::from_millis(50);
 
 /// A guarded Redis backend on its own server, with the health monitor running.
 struct Rig {
+    /// First, so it stops before the rest goes.
+    _monitor: common::Monitor,
     server: Arc<RedisServer>,
     redis: Arc<RedisBackend>,
     guarded: Arc<GuardedBackend>,
     health: Arc<Health>,
-    monitor: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.monitor.abort();
-    }
 }
 
 async fn rig(options: RedisOptions) -> Rig {
@@ -64,29 +61,26 @@ async fn rig(options: RedisOptions) -> Rig {
     let redis = RedisBackend::connect(config, settings, Arc::new(SystemClock))
         .await
         .expect("connect to Redis");
-    let health = Arc::new(Health::new(
-        "redis",
+    let (guarded, health, monitor) = common::guard(
+        redis.clone(),
         BreakerSettings {
             failure_threshold: THRESHOLD,
             reset_timeout: RESET,
             half_open_max_requests: 1,
         },
-        true,
-        Arc::new(SystemClock),
-    ));
-    let inner: SharedBackend = redis.clone();
-    let guarded = Arc::new(GuardedBackend::new(inner.clone(), health.clone()));
-    let monitor = spawn_monitor(inner, health.clone(), INTERVAL, READ_TIMEOUT * 4);
+        INTERVAL,
+        READ_TIMEOUT * 4,
+    );
     wait_for("the first health check", SLACK, || {
         health.report(None).last_check.is_some()
     })
     .await;
     Rig {
+        _monitor: monitor,
         server,
         redis,
         guarded,
         health,
-        monitor,
     }
 }
 
