@@ -146,6 +146,9 @@ pub struct Connector {
     /// waiter's BLPOP on that node gives up as soon as any call notices (a hung server
     /// answers nobody, and a BLPOP alone could only tell after its own block time).
     dead: watch::Sender<u64>,
+    /// Sentinel only: the primary the newest `+switch-master` (or the sentinels'
+    /// majority in the health check) named, see `crate::sentinel_watch`.
+    announced: Mutex<Option<(String, u16)>>,
 }
 
 /// A failed call: why, and whether Redis said something we must act on.
@@ -409,6 +412,7 @@ impl Connector {
             pool: Mutex::new(Vec::new()),
             cluster_pushes: Mutex::new(cluster_pushes),
             dead: watch::channel(0).0,
+            announced: Mutex::new(None),
         })
     }
 
@@ -477,6 +481,7 @@ impl Connector {
         master: &str,
     ) -> redis::RedisResult<(Client, MultiplexedConnection)> {
         let mut problems = Vec::new();
+        let mut others: Vec<(String, u16)> = Vec::new();
         for (host, port) in sentinels {
             let sentinel = match Client::open(ConnectionAddr::Tcp(host.clone(), *port)) {
                 Ok(c) => c,
@@ -517,6 +522,17 @@ impl Connector {
                 ));
                 continue;
             };
+            // A sentinel that has not heard of the last switch yet names the old
+            // primary, which may still say `master` (crate::sentinel_watch).
+            if let Some((ah, ap)) = self.announced()
+                && (ah.as_str(), ap) != (mh.as_str(), mp)
+            {
+                problems.push(format!(
+                    "sentinel {host}:{port} names {mh}:{mp}, but {ah}:{ap} was announced"
+                ));
+                others.push((mh, mp));
+                continue;
+            }
             let client = self.node_client(&mh, mp)?;
             let mut conn = match self.connect_node(&client, &self.config).await {
                 Ok(c) => c,
@@ -542,6 +558,14 @@ impl Connector {
                 return Ok((client, conn));
             }
             problems.push(format!("{mh}:{mp} is not (or no longer) the primary"));
+        }
+        // No sentinel agreed with the announcement: when a majority of them name one
+        // other node, the announcement is the stale one (the next attempt follows them).
+        if let Some(a) = others
+            .iter()
+            .find(|a| others.iter().filter(|b| b == a).count() > sentinels.len() / 2)
+        {
+            *self.announced.lock().unwrap_or_else(|p| p.into_inner()) = Some(a.clone());
         }
         Err(RedisError::from(std::io::Error::new(
             std::io::ErrorKind::NotConnected,
@@ -702,6 +726,49 @@ impl Connector {
             }
             (_, None) => Err(BackendError::Internal("no node client".into())),
         }
+    }
+
+    /// Sentinel only: the configured sentinels and the master name.
+    pub(crate) fn sentinel_target(&self) -> Option<(&[(String, u16)], &str)> {
+        match &self.target {
+            Target::Sentinel { sentinels, master } => Some((sentinels, master)),
+            _ => None,
+        }
+    }
+
+    /// The primary last given to [`Connector::announce`].
+    fn announced(&self) -> Option<(String, u16)> {
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sentinel only (`crate::sentinel_watch`): the sentinels name `host:port` as the
+    /// primary. A script connection (and the waiters' pool) to another node is dropped
+    /// as if found dead, so the next call asks the sentinels again. Returns whether it
+    /// dropped one.
+    pub(crate) fn announce(&self, host: &str, port: u16) -> bool {
+        *self.announced.lock().unwrap_or_else(|p| p.into_inner()) = Some((host.to_string(), port));
+        let stale = self.lock_current().as_ref().and_then(|c| {
+            let on = match c.client.as_ref()?.get_connection_info().addr() {
+                ConnectionAddr::Tcp(h, p)
+                | ConnectionAddr::TcpTls {
+                    host: h, port: p, ..
+                } => (h.as_str(), *p) == (host, port),
+                _ => true,
+            };
+            (!on).then_some(c.generation)
+        });
+        let Some(generation) = stale else {
+            return false;
+        };
+        self.invalidate(generation);
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|b| b.generation > generation);
+        true
     }
 
     fn invalidate(&self, generation: u64) {

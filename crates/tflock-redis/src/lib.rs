@@ -39,6 +39,7 @@ pub mod scripts;
 mod duty;
 mod generation;
 mod relay;
+mod sentinel_watch;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -410,6 +411,7 @@ impl RedisBackend {
             tracing::warn!("reading the data-loss markers failed (the health check retries): {e}");
         }
         tokio::spawn(duty::sweeper(Arc::downgrade(&backend.inner)));
+        sentinel_watch::spawn(&backend.inner);
         Ok(Arc::new(backend))
     }
 
@@ -1715,8 +1717,14 @@ impl Backend for RedisBackend {
                 None
             }
         };
-        let ((pong, response_time), info, slowlog, cluster_info) =
-            tokio::join!(ping, info, slowlog, cluster_info);
+        // Sentinel: a primary the sentinels no longer name is dropped (sentinel_watch).
+        let ((pong, response_time), info, slowlog, cluster_info, ()) = tokio::join!(
+            ping,
+            info,
+            slowlog,
+            cluster_info,
+            sentinel_watch::verify(conn)
+        );
         let (pong, _) = pong.map_err(BackendError::from)?;
         let info = info.map_err(BackendError::from)?;
         let slowlog = slowlog.map_err(BackendError::from)?;
