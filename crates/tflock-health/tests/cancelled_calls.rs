@@ -8,6 +8,8 @@
 //! a manual clock so the reset timeout passes exactly when the test says. No health
 //! monitor runs: only the calls themselves move the breaker.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use tflock_core::{
     SystemClock,
 };
 use tflock_health::{BreakerSettings, BreakerState, GuardedBackend, Health};
-use tflock_redis::{RedisBackend, RedisConfig};
+use tflock_redis::RedisBackend;
 use tflock_testkit::{RedisOptions, RedisServer};
 
 const READ_TIMEOUT: Duration = Duration::from_millis(500);
@@ -36,17 +38,7 @@ async fn rig(half_open_max_requests: u32) -> Rig {
         tokio::task::spawn_blocking(|| Arc::new(RedisServer::start(RedisOptions::default())))
             .await
             .unwrap();
-    let config = RedisConfig {
-        read_timeout: READ_TIMEOUT,
-        write_timeout: READ_TIMEOUT,
-        connection_timeout: READ_TIMEOUT,
-        dial_timeout: READ_TIMEOUT,
-        pool_timeout: READ_TIMEOUT,
-        max_retries: 1,
-        min_retry_backoff: Duration::from_millis(10),
-        max_retry_backoff: Duration::from_millis(50),
-        ..RedisConfig::standalone(server.addr().to_string())
-    };
+    let config = common::fast_failing_redis(server.addr().to_string(), READ_TIMEOUT);
     let redis = RedisBackend::connect(config, LockSettings::default(), Arc::new(SystemClock))
         .await
         .expect("connect to Redis");

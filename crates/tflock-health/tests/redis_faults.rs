@@ -17,7 +17,7 @@ use tflock_core::{
     SystemClock, TryLockError,
 };
 use tflock_health::{BreakerSettings, BreakerState, GuardedBackend, Health};
-use tflock_redis::{RedisBackend, RedisConfig};
+use tflock_redis::RedisBackend;
 use tflock_testkit::{RedisOptions, RedisServer};
 
 const READ_TIMEOUT: Duration = Duration::from_millis(300);
@@ -43,17 +43,7 @@ async fn rig(options: RedisOptions) -> Rig {
     let server = tokio::task::spawn_blocking(move || Arc::new(RedisServer::start(options)))
         .await
         .unwrap();
-    let config = RedisConfig {
-        read_timeout: READ_TIMEOUT,
-        write_timeout: READ_TIMEOUT,
-        connection_timeout: READ_TIMEOUT,
-        dial_timeout: READ_TIMEOUT,
-        pool_timeout: READ_TIMEOUT,
-        max_retries: 1,
-        min_retry_backoff: Duration::from_millis(10),
-        max_retry_backoff: Duration::from_millis(50),
-        ..RedisConfig::standalone(server.addr().to_string())
-    };
+    let config = common::fast_failing_redis(server.addr().to_string(), READ_TIMEOUT);
     let settings = LockSettings {
         claim_timeout: Duration::from_secs(2),
         ..LockSettings::default()

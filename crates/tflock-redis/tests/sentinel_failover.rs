@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tflock_core::{Backend, LockRequest, LockSettings, Resource, SystemClock};
-use tflock_redis::{RedisBackend, RedisConfig, SentinelConfig};
+use tflock_redis::{RedisBackend, RedisConfig};
 use tflock_testkit::RedisSentinel;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,14 +19,7 @@ async fn backend_follows_the_new_primary_after_failover() {
     );
     let read_timeout = Duration::from_secs(1);
     let config = RedisConfig {
-        sentinel: SentinelConfig {
-            master_name: Some(sentinel.master_name().to_string()),
-            addresses: sentinel
-                .sentinel_addrs()
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-        },
+        sentinel: common::sentinel_config(&sentinel),
         key_prefix: common::fresh_prefix(),
         read_timeout,
         ..common::with_test_timeouts(RedisConfig::default())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tflock_core::{Backend, LockRequest, LockSettings, Resource, SystemClock};
-use tflock_redis::{BackendOptions, RedisBackend, RedisConfig, SentinelConfig, SweepRole};
+use tflock_redis::{BackendOptions, RedisBackend, RedisConfig, SweepRole};
 use tflock_testkit::RedisSentinel;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,14 +21,7 @@ async fn an_idle_connection_to_a_resumed_old_primary_is_dropped_at_the_switch() 
             .unwrap(),
     );
     let config = RedisConfig {
-        sentinel: SentinelConfig {
-            master_name: Some(sentinel.master_name().to_string()),
-            addresses: sentinel
-                .sentinel_addrs()
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-        },
+        sentinel: common::sentinel_config(&sentinel),
         key_prefix: common::fresh_prefix(),
         ..common::with_test_timeouts(RedisConfig::default())
     };
