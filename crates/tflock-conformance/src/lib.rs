@@ -83,6 +83,7 @@ macro_rules! __with_cases {
             reservation_returns_at_once_with_its_place,
             reservation_is_granted_with_its_full_ttl_on_release,
             reservation_expires_at_its_deadline,
+            reservation_retry_renews_its_deadline,
             queue_full_at_max_queue_size,
             without_queue_wait_retries_until_released,
             without_queue_wait_times_out_at_its_deadline,

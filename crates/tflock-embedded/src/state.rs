@@ -482,7 +482,8 @@ impl State {
         // A retry (same owner, same request id) is answered from the present
         // (contract rule 8): the live lease it made, its entry still waiting, or
         // `lease_lost` (or the outcome it had); never a lease that has ended. Such an
-        // answer changes nothing. A call answered "held" without a place in line made
+        // answer changes nothing, except that a reservation's retry with `reserve`
+        // renews its deadline. A call answered "held" without a place in line made
         // nothing, so its retry is evaluated like a new request.
         if let Some(rid) = &req.request_id {
             let current = self.lock(&key).cloned();
@@ -519,6 +520,7 @@ impl State {
                         .get(&placed.entry_id)
                         .is_some_and(|k| *k == key)
                     {
+                        self.renew_reservation(&key, &placed.entry_id, req, ctx);
                         let position = self.position(&key, &placed.entry_id, ctx);
                         return Decision::Answer(Box::new(LockResponse {
                             acquired: false,
@@ -558,6 +560,7 @@ impl State {
                     .map(|e| e.entry_id.clone())
             });
             if let Some(entry_id) = queued {
+                self.renew_reservation(&key, &entry_id, req, ctx);
                 let position = self.position(&key, &entry_id, ctx);
                 return Decision::Answer(Box::new(LockResponse {
                     acquired: false,
@@ -742,6 +745,37 @@ impl State {
                 }
             }
         }
+    }
+
+    /// A reservation's retry by its owner (`reserve`, same request id) while it still
+    /// waits renews it (contract rules 5 and 8): its deadline becomes `max(deadline,
+    /// now + the retry's reservation lifetime)`, so a polling client keeps its place
+    /// only while it polls. Entry, place and `enqueued_at` stay; a waiter's entry and
+    /// a retry without `reserve` change nothing.
+    fn renew_reservation(
+        &mut self,
+        key: &str,
+        entry_id: &str,
+        req: &tflock_core::LockRequest,
+        ctx: &Ctx,
+    ) {
+        if !req.reserve {
+            return;
+        }
+        let until = ctx.now.add(ctx.settings.resolve_reservation(req.wait));
+        let Some(entry) = self
+            .resources
+            .get_mut(key)
+            .and_then(|r| r.queue.iter_mut().find(|e| e.entry_id == entry_id))
+        else {
+            return;
+        };
+        if entry.kind != EntryKind::Reservation || until <= entry.deadline {
+            return;
+        }
+        entry.deadline = until;
+        // Persisted like any change, and the sweeper's due time follows.
+        self.touch(key);
     }
 
     fn position(&self, key: &str, entry_id: &str, ctx: &Ctx) -> usize {

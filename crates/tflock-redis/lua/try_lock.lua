@@ -31,7 +31,8 @@
 --
 -- Reply (JSON): r = 'ans' (a = the answer; fresh = true for a grant to this call,
 -- which min_replicas_ack rolls back when unconfirmed; chg = true for a re-lock,
--- which changed the live lease), 'wait' (id, dl), 'full', 'retry', 'refused' or
+-- which changed the live lease, or for a reservation's retry that renewed its
+-- deadline), 'wait' (id, dl), 'full', 'retry', 'refused' or
 -- 'delay' (hold: the lock_delay after a data loss runs until then; nothing was
 -- changed); lost = 'missing' when this call found the generation marker gone; plus
 -- ev/ho/now (see prelude's reply()).
@@ -60,10 +61,31 @@ end
 
 local cur = settle(sk)
 
--- An answer from the present, not stored: a replay never changes anything.
-local function now_answer(a) return reply({ r = 'ans', a = a, fresh = false }) end
+-- An answer from the present, not stored: a replay changes nothing but a
+-- reservation's deadline (chg, see renew()).
+local function now_answer(a, chg) return reply({ r = 'ans', a = a, fresh = false, chg = chg }) end
 local function public_now() return cur and lock_view(sk, cur, false) or nil end
 local function lost() return now_answer({ acq = false, lock = public_now(), reason = 'lease_lost' }) end
+-- A reservation's retry by its owner (mode 'r', same request id) while it still
+-- waits renews it (contract rules 5 and 8): its deadline, and the sweeper's K_EDL
+-- score with it, become max(dl, NOW + span), so a polling client keeps its place
+-- only while it polls. Id, place, enq and priority stay; a waiter's entry is never
+-- touched, and one past its deadline (not swept yet) is not brought back. Returns
+-- true when the deadline moved: a change, which min_replicas_ack confirms with WAIT
+-- like a re-lock.
+local function renew(id)
+  if mode ~= 'r' then return false end
+  local raw = redis.call('HGET', k_entries(sk), id)
+  if not raw then return false end
+  local e = cjson.decode(raw)
+  local dl = tonumber(e.dl)
+  if e.kind ~= 'r' or dl <= NOW or NOW + span <= dl then return false end
+  e.dl = fmt(NOW + span)
+  redis.call('HSET', k_entries(sk), id, cjson.encode(e))
+  redis.call('ZADD', K_EDL, e.dl, id)
+  return true
+end
+
 -- Whether the live lease is the one granted to this request id.
 local function live_grant() return cur and cur.rid == rid and cur.owner == who.owner and cur.entry == '' end
 
@@ -107,10 +129,11 @@ if rid ~= '' then
       return lost()
     elseif a.q then
       if redis.call('HEXISTS', k_entries(sk), a.q.id) == 1 then
+        local renewed = renew(a.q.id)
         return now_answer({
           acq = false, lock = public_now(), reason = 'held',
           q = { id = a.q.id, pos = position(sk, a.q.id) },
-        })
+        }, renewed)
       end
       if live_grant() then
         delivered(sk)
@@ -126,9 +149,10 @@ if rid ~= '' then
   for _, e in ipairs(all_entries(sk)) do
     if e.rid == rid and e.owner == who.owner then
       if e.kind == 'w' and mode == 'w' then return reply({ r = 'wait', id = e.id, dl = e.dl }) end
+      local renewed = renew(e.id)
       return now_answer({
         acq = false, lock = public_now(), reason = 'held', q = { id = e.id, pos = position(sk, e.id) },
-      })
+      }, renewed)
     end
   end
 end

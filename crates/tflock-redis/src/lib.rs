@@ -1193,7 +1193,8 @@ impl RedisBackend {
 
     /// Turns a try_lock.lua answer into the response. The script answers replays
     /// from the present (a lease that ended is `lease_lost`), so nothing is patched
-    /// here; with `min_replicas_ack` a grant or re-lock waits for `WAIT`.
+    /// here; with `min_replicas_ack` a grant, a re-lock or a reservation's renewal
+    /// waits for `WAIT`.
     async fn answer(
         &self,
         body: TryLockReply,
@@ -1205,9 +1206,15 @@ impl RedisBackend {
             .ok_or_else(|| BackendError::Internal("try_lock: an answer without its body".into()))?;
         if body.fresh && answer.acq {
             ensure_replicated(&self.inner, bucket, generation, &answer.lock).await?;
-        } else if body.chg && answer.acq {
+        } else if body.chg {
+            // A re-lock, or a reservation's retry that renewed its deadline.
+            let what = if answer.acq {
+                "re-lock"
+            } else {
+                "reservation's renewal"
+            };
             self.inner
-                .ensure_change_replicated(bucket, generation, "re-lock")
+                .ensure_change_replicated(bucket, generation, what)
                 .await?;
         }
         Ok(answer.into_response()?)

@@ -496,6 +496,159 @@ pub async fn reservation_expires_at_its_deadline<H: Harness + ?Sized>(harness: &
     assert_eq!(fx.holder(&r).await, None);
 }
 
+/// Rules 5 and 8: a retry of a reservation that still waits (same owner, same
+/// request id, `reserve`) renews its deadline to `max(old deadline, now + its wait)`,
+/// keeping its entry, place and `enqueued_at`: a polling client keeps its place while
+/// it polls, and loses it a short while after it stops. A retry without `reserve`
+/// renews nothing, and no retry ever renews a waiter's entry.
+pub async fn reservation_retry_renews_its_deadline<H: Harness + ?Sized>(harness: &H) {
+    let mut fx = Fixture::default(harness).await;
+    let r = resource("o/renew");
+    let holder = fx.lock(request(&r, "o/renew#1")).await;
+    let wait = Duration::from_secs(30);
+    let req = request(&r, "o/renew#2")
+        .with_wait(wait)
+        .with_request_id("rid-renew")
+        .reserving();
+    let t0 = fx.now();
+    let first = expect_not_acquired("the reservation", fx.backend.try_lock(req.clone()).await);
+    let placed = first
+        .queue
+        .expect("a reservation answers with its placement");
+    assert_eq!(placed.position, 1);
+    fx.tick();
+    // Reserved alongside and never renewed: its leaving shows that the store swept
+    // past the first reservation's original deadline.
+    fx.reserve(request(&r, "o/renew#3").with_wait(wait)).await;
+    let before = fx.entry_of(&r, "o/renew#2").await.expect("queued");
+    assert_eq!(before.entry.deadline, t0.add(wait));
+
+    fx.advance(Duration::from_secs(20));
+    let mut plain = req.clone();
+    plain.reserve = false;
+    plain.wait = None;
+    let replayed = expect_not_acquired("a retry without reserve", fx.backend.try_lock(plain).await);
+    assert_eq!(
+        replayed.queue.map(|q| q.entry_id),
+        Some(placed.entry_id.clone())
+    );
+    assert_eq!(
+        fx.entry_of(&r, "o/renew#2")
+            .await
+            .expect("queued")
+            .entry
+            .deadline,
+        t0.add(wait),
+        "a retry without reserve renews nothing"
+    );
+
+    let t1 = fx.now();
+    let renewed = expect_not_acquired(
+        "the reservation's retry",
+        fx.backend.try_lock(req.clone()).await,
+    );
+    assert_eq!(renewed.reason, Some(NotAcquiredReason::Held));
+    let again = renewed.queue.expect("the same entry");
+    assert_eq!(again.entry_id, placed.entry_id, "the same entry");
+    assert_eq!(again.position, 1, "the same place");
+    let e = fx.entry_of(&r, "o/renew#2").await.expect("queued");
+    assert_eq!(
+        e.entry.deadline,
+        t1.add(wait),
+        "renewed to now + the retry's wait"
+    );
+    assert_eq!(e.entry.enqueued_at, before.entry.enqueued_at);
+    assert_eq!(e.entry.priority, before.entry.priority);
+    assert_eq!(e.entry.kind, tflock_core::EntryKind::Reservation);
+    assert_eq!(fx.queue(&r).await.len(), 2, "never a second entry");
+    // A shorter wait never brings the deadline closer: max(old, now + wait).
+    fx.backend
+        .try_lock(req.clone().with_wait(Duration::from_secs(5)))
+        .await
+        .expect("a retry with a shorter wait");
+    assert_eq!(
+        fx.entry_of(&r, "o/renew#2")
+            .await
+            .expect("queued")
+            .entry
+            .deadline,
+        t1.add(wait),
+        "a shorter wait does not shorten it"
+    );
+    // The renewal is stored like any change: a restart keeps it.
+    fx.reopen().await;
+    assert_eq!(
+        fx.entry_of(&r, "o/renew#2")
+            .await
+            .expect("a reservation survives a restart")
+            .entry
+            .deadline,
+        t1.add(wait),
+        "the renewed deadline survives a restart"
+    );
+
+    // 40 s after the first call: past its original deadline, before the renewed one.
+    fx.advance(Duration::from_secs(20));
+    wait_until(
+        "the unrenewed reservation leaves at its deadline",
+        async || fx.entry_of(&r, "o/renew#3").await.is_none(),
+    )
+    .await;
+    let kept = fx
+        .entry_of(&r, "o/renew#2")
+        .await
+        .expect("the renewed reservation still waits past its original deadline");
+    assert_eq!(kept.entry.entry_id, placed.entry_id);
+    assert_eq!(kept.position, 1);
+
+    fx.advance(Duration::from_secs(11));
+    wait_until(
+        "the reservation leaves at its renewed deadline",
+        async || fx.queue(&r).await.is_empty(),
+    )
+    .await;
+    let unlocked = fx.unlock(&holder).await;
+    assert_eq!(
+        unlocked.granted_to, None,
+        "handed to an expired reservation"
+    );
+
+    // A waiter's entry is never renewed, whatever its retry asks.
+    let rw = resource("o/renew-waiter");
+    let wholder = fx.lock(request(&rw, "holder")).await;
+    let wreq = request(&rw, "o/renew-waiter#1")
+        .with_wait(wait)
+        .with_request_id("rid-renew-w");
+    let (waiter, entry) = fx.spawn_waiter(wreq.clone()).await;
+    fx.advance(Duration::from_secs(10));
+    for reserve in [false, true] {
+        let mut retry = wreq.clone();
+        retry.reserve = reserve;
+        // Without reserve, no wait: a waiting retry would wait on the entry.
+        retry.wait = reserve.then_some(WaitSpec::For(wait));
+        let answer = expect_not_acquired(
+            "a retry of a waiting call",
+            bounded("a retry of a waiting call", fx.backend.try_lock(retry)).await,
+        );
+        assert_eq!(
+            answer.queue.map(|q| q.entry_id),
+            Some(entry.entry.entry_id.clone())
+        );
+        let now = fx
+            .entry_of(&rw, "o/renew-waiter#1")
+            .await
+            .expect("still waits");
+        assert_eq!(
+            now.entry.deadline, entry.entry.deadline,
+            "a waiter's entry is not renewed (retry with reserve: {reserve})"
+        );
+    }
+    fx.advance(Duration::from_secs(21));
+    let ended = expect_not_acquired("the waiter", join("waiter", waiter).await);
+    assert_eq!(ended.reason, Some(NotAcquiredReason::Timeout));
+    fx.unlock(&wholder).await;
+}
+
 /// Rule 6: a queue holding `max_queue_size` entries refuses more with `queue_full`;
 /// a call without wait still answers `held`.
 pub async fn queue_full_at_max_queue_size<H: Harness + ?Sized>(harness: &H) {
