@@ -15,7 +15,9 @@ pub mod model;
 pub mod yaml_edit;
 
 pub use load::{ConfigError, Loaded, Sources, load};
-pub use model::{AuthMethod, BackendKind, EnhancedLocking, RedisSettings, TflockConfig};
+pub use model::{
+    AuthMethod, BackendKind, EnhancedLocking, RedisSettings, TerraformSettings, TflockConfig,
+};
 
 /// The JSON Schema of the configuration file, generated from the types.
 pub fn json_schema() -> serde_json::Value {

@@ -6,6 +6,7 @@
 //! variable.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
@@ -650,6 +651,40 @@ fn check(loaded: &mut Loaded, _sources: &Sources) -> Result<(), ConfigError> {
         problems.push((
             "enhanced_locking.cluster.node_ttl",
             "must be longer than cluster.heartbeat_interval".into(),
+        ));
+    }
+    let tf = &el.terraform;
+    if tf.lock_ttl.is_zero() || tf.lock_ttl > el.lock_settings().max_ttl {
+        problems.push((
+            "enhanced_locking.terraform.lock_ttl",
+            format!(
+                "must be greater than zero and at most max_ttl ({})",
+                humantime::format_duration(el.lock_settings().max_ttl)
+            ),
+        ));
+    }
+    if tf.queue_grace < Duration::from_secs(1) || tf.queue_grace > Duration::from_secs(3600) {
+        problems.push((
+            "enhanced_locking.terraform.queue_grace",
+            "must be between 1s and 1h (Terraform polls at most every 16s)".into(),
+        ));
+    }
+    if tf.long_poll > Duration::from_secs(300) {
+        problems.push((
+            "enhanced_locking.terraform.long_poll",
+            "must be at most 5m (proxies end idle requests)".into(),
+        ));
+    }
+    if tf.max_state_bytes == 0 || tf.max_state_bytes > 512 * 1024 * 1024 {
+        problems.push((
+            "enhanced_locking.terraform.max_state_bytes",
+            "must be between 1 and 536870912 (512 MiB, Redis's largest value)".into(),
+        ));
+    }
+    if tf.keep_versions == 0 || tf.keep_versions > 1000 {
+        problems.push((
+            "enhanced_locking.terraform.keep_versions",
+            "must be between 1 and 1000".into(),
         ));
     }
     if r.circuit_breaker.failure_threshold == 0 {

@@ -88,6 +88,7 @@ pub struct EnhancedLocking {
     pub redis: RedisSettings,
     pub legacy: LegacySettings,
     pub cluster: ClusterSettings,
+    pub terraform: TerraformSettings,
 }
 
 impl Default for EnhancedLocking {
@@ -112,6 +113,59 @@ impl Default for EnhancedLocking {
             redis: RedisSettings::default(),
             legacy: LegacySettings::default(),
             cluster: ClusterSettings::default(),
+            terraform: TerraformSettings::default(),
+        }
+    }
+}
+
+/// Terraform's and OpenTofu's `http` state backend at `/tf/{state name}`
+/// (docs/terraform.md): state locks are tflock locks with a fair queue, and state
+/// writes are fenced by them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TerraformSettings {
+    /// Serve `/tf/...` and `/api/v1/states`.
+    pub enabled: bool,
+    /// TTL of a state lock. Terraform never refreshes its lock, so this must outlast
+    /// the longest apply; a lock whose client died ends after it (or by
+    /// `terraform force-unlock` with the admin token).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationString")]
+    pub lock_ttl: Duration,
+    /// How long a queued client keeps its place without polling, and how long the
+    /// head of the queue keeps a freed lock for its next poll. Above Terraform's
+    /// longest back-off between polls (16 s).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationString")]
+    pub queue_grace: Duration,
+    /// How long a queued client's LOCK is held open waiting for its turn before it is
+    /// answered 423 (its first LOCK is answered at once); `0s` never holds one.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationString")]
+    pub long_poll: Duration,
+    /// Queue polling clients fairly; `false` answers a held lock 423 without a queue
+    /// (whoever polls first wins, like other http backends).
+    pub fair_queue: bool,
+    /// Largest state document accepted, in bytes.
+    pub max_state_bytes: u64,
+    /// How many versions of each state are kept (for `tflock state rollback`).
+    pub keep_versions: usize,
+    /// The embedded backend's state file; default: the lock store's path with
+    /// `.tfstate` appended. Unused with `backend: redis` (states live in Redis).
+    pub state_path: Option<PathBuf>,
+}
+
+impl Default for TerraformSettings {
+    fn default() -> Self {
+        TerraformSettings {
+            enabled: true,
+            lock_ttl: Duration::from_secs(6 * 3600),
+            queue_grace: Duration::from_secs(20),
+            long_poll: Duration::from_secs(25),
+            fair_queue: true,
+            max_state_bytes: 16 * 1024 * 1024,
+            keep_versions: 10,
+            state_path: None,
         }
     }
 }

@@ -5,7 +5,9 @@
 //! An admin call then asks [`Mutator::require_admin`], because whether a call is an
 //! admin one can depend on its body (`force: true`).
 //!
-//! Tokens are compared in constant time and never logged or echoed.
+//! The token comes as `Authorization: Bearer <token>`, or as the password of HTTP basic
+//! auth (the user name is ignored), which is how Terraform's http backend sends its
+//! `password`. Tokens are compared in constant time and never logged or echoed.
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -82,7 +84,7 @@ impl FromRequestParts<AppState> for Mutator {
 /// The role the `Authorization` header proves. A header that is present but proves
 /// nothing (wrong token, other scheme) is refused outright when any token is set,
 /// rather than treated as anonymous: a misconfigured client should hear about it.
-fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
+pub(crate) fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
     let tokens = state.tokens();
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Ok(Role::Anonymous);
@@ -95,11 +97,20 @@ fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
         .ok()
         .and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            if scheme.eq_ignore_ascii_case("bearer") {
+                Some(token.trim().to_string())
+            } else if scheme.eq_ignore_ascii_case("basic") {
+                basic_password(token.trim())
+            } else {
+                None
+            }
         })
         .ok_or_else(|| {
-            ApiError::unauthorized("the Authorization header must be 'Bearer <token>'")
+            ApiError::unauthorized(
+                "the Authorization header must be 'Bearer <token>' (or basic auth with the token as the password)",
+            )
         })?;
+    let presented = presented.as_str();
     // Compare against both tokens every time so the time taken does not tell which
     // one (if any) nearly matched.
     let is_admin = matches_secret(tokens.admin.as_ref(), presented);
@@ -111,6 +122,18 @@ fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
     } else {
         Err(ApiError::unauthorized("the bearer token is not valid"))
     }
+}
+
+/// The password of HTTP basic credentials (`base64(user:password)`): Terraform's http
+/// backend sends its `username`/`password` this way, and the password is the token.
+fn basic_password(credentials: &str) -> Option<String> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.to_string())
 }
 
 fn matches_secret(secret: Option<&Secret>, presented: &str) -> bool {

@@ -23,6 +23,8 @@
 //! - `health`: `/healthz`, `/readyz`, `/api/health/locking`, `/metrics`.
 //! - `events`: `GET /api/events` (Server-Sent Events).
 //! - `metrics`: the per-server Prometheus recorder and recent-performance window.
+//! - [`terraform`]: Terraform's and OpenTofu's http state backend at `/tf/{name}`
+//!   and the `/api/v1/states` views (docs/terraform.md).
 //! - `conn`: the accept loop: connection cap, hyper's limits, graceful shutdown.
 
 pub mod auth;
@@ -41,6 +43,7 @@ mod conn;
 mod events;
 mod health;
 mod metrics;
+pub mod terraform;
 
 use std::time::Instant;
 
@@ -105,6 +108,13 @@ fn api_routes() -> Vec<Route> {
         route(Method::GET, "/api/health/locking", get(health::locking)),
         route(Method::GET, "/api/events", get(events::events)),
         route(Method::GET, "/api/cluster", get(admin::cluster)),
+        route(Method::GET, "/api/v1/states", get(terraform::states_list)),
+        route(Method::GET, "/api/v1/state", get(terraform::state_summary)),
+        route(
+            Method::POST,
+            "/api/v1/state/rollback",
+            post(terraform::rollback),
+        ),
         route(Method::GET, "/api/openapi.json", get(openapi::document)),
         route(Method::GET, "/healthz", get(health::healthz)),
         route(Method::GET, "/readyz", get(health::readyz)),
@@ -130,6 +140,9 @@ pub fn router(state: AppState) -> Router {
     }
     let body_cap = state.limits().max_body_bytes;
     let extra = state.extra_routes().cloned().unwrap_or_default();
+    // Terraform's http backend (`/tf/...`): outside the route table because OpenAPI
+    // cannot describe its LOCK and UNLOCK methods.
+    api = api.merge(terraform::routes());
     api.with_state(state.clone())
         // Routes that authenticate by themselves (the VCS webhook receiver).
         .merge(extra)

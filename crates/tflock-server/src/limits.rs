@@ -121,6 +121,7 @@ fn head_size(req: &Request) -> usize {
 pub(crate) const EVENTS_ROUTE: &str = "/api/events";
 pub(crate) const ACQUIRE_ROUTE: &str = "/api/v1/locks/acquire";
 pub(crate) const ADMIN_PREFIX: &str = "/api/v1/admin/";
+pub(crate) const TF_PREFIX: &str = "/tf";
 
 /// Bounds each request in time: `request_timeout` for ordinary calls, `admin_timeout`
 /// for export and import, none for the event stream (it lasts until the client or the
@@ -145,6 +146,13 @@ pub(crate) async fn time_limit(
             .wait_bound(limits.max_wait)
             .saturating_add(limits.request_timeout),
         Some(r) if r.starts_with(ADMIN_PREFIX) => limits.admin_timeout,
+        // A state upload may be large, and a queued LOCK is held open up to long_poll.
+        Some(r) if r.starts_with(TF_PREFIX) => limits.admin_timeout.max(
+            state
+                .terraform()
+                .map_or(Duration::ZERO, |t| t.long_poll)
+                .saturating_add(limits.request_timeout),
+        ),
         _ => limits.request_timeout,
     };
     match tokio::time::timeout(bound, next.run(req)).await {

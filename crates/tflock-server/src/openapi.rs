@@ -63,6 +63,9 @@ use crate::{admin, api, atlantis, events, health};
         health::metrics,
         events::events,
         admin::cluster,
+        crate::terraform::state::states_list,
+        crate::terraform::state::state_summary,
+        crate::terraform::state::rollback,
         document,
     ),
     modifiers(&CommonAnswers),
@@ -74,6 +77,7 @@ use crate::{admin, api, atlantis, events, health};
         (name = "health", description = "Liveness, readiness, health report, metrics"),
         (name = "events", description = "Server-Sent Events"),
         (name = "cluster", description = "Deployment view"),
+        (name = "terraform", description = "Terraform states kept by the http backend at /tf/{name} (docs/terraform.md)"),
         (name = "meta", description = "This document"),
     )
 )]

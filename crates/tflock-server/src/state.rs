@@ -91,6 +91,8 @@ struct Inner {
     /// Routes served beside the API that authenticate by themselves (the VCS webhook
     /// receiver checks the provider's signature, not a bearer token).
     extra_routes: Option<axum::Router>,
+    /// Terraform's http state backend at `/tf/...` (docs/terraform.md).
+    terraform: Option<crate::terraform::TerraformConfig>,
     started_at: Timestamp,
     /// The address [`crate::serve`] listens on, once it does.
     listen: OnceLock<SocketAddr>,
@@ -115,6 +117,7 @@ impl AppState {
                 node_id: tflock_core::random_hex(8),
                 cluster: None,
                 extra_routes: None,
+                terraform: None,
                 started_at: Timestamp::from_system_time(std::time::SystemTime::now()),
                 listen: OnceLock::new(),
                 metrics: Metrics::new(),
@@ -164,6 +167,18 @@ impl AppState {
             None => routes,
         });
         self
+    }
+
+    /// Serves Terraform's and OpenTofu's http state backend at `/tf/{name}` over
+    /// `config.store` (docs/terraform.md).
+    pub fn with_terraform(mut self, config: crate::terraform::TerraformConfig) -> Self {
+        self.configure().terraform = Some(config);
+        self
+    }
+
+    /// The Terraform backend, when [`AppState::with_terraform`] set one.
+    pub fn terraform(&self) -> Option<&crate::terraform::TerraformConfig> {
+        self.inner.terraform.as_ref()
     }
 
     /// The routes given to [`AppState::with_routes`].
