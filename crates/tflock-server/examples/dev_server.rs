@@ -106,6 +106,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_wait: args.max_wait,
             ..Limits::default()
         });
+    // Terraform's http backend (`/tf/...`, `/api/v1/states`) on a state file beside the
+    // embedded store, so schemathesis covers the state views too.
+    let states = tflock_tfstate::EmbeddedStates::open(
+        &dir.path().join("locks.redb.tfstate"),
+        tflock_tfstate::StoreOptions::default(),
+    )?;
+    state = state.with_terraform(tflock_server::terraform::TerraformConfig::new(Arc::new(
+        states,
+    )));
     if !args.webhook.is_empty() {
         let config = WebhookConfig::new(
             args.webhook.clone(),

@@ -188,6 +188,15 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> CliResult<Exit> {
     if let Some(c) = &cluster {
         state = state.with_cluster(c.clone());
     }
+    if el.terraform.enabled {
+        match terraform_backend(el, opened.redis.as_ref()).await {
+            Ok(config) => state = state.with_terraform(config),
+            Err(e) => {
+                opened.close().await;
+                return Err(e);
+            }
+        }
+    }
     if !el.server.webhooks.is_empty() {
         let secret = el.server.webhook_secret.clone().and_then(Secret::new);
         tracing::info!(
@@ -252,6 +261,44 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> CliResult<Exit> {
     }
     tracing::info!("store closed");
     result.map(|()| Exit::Success)
+}
+
+/// Terraform's http backend (docs/terraform.md): its states on the active store, a
+/// redb file beside the embedded lock store or the same Redis.
+async fn terraform_backend(
+    el: &tflock_config::EnhancedLocking,
+    redis: Option<&Arc<tflock_redis::RedisBackend>>,
+) -> CliResult<tflock_server::terraform::TerraformConfig> {
+    let tf = &el.terraform;
+    let options = tflock_tfstate::StoreOptions {
+        max_state_bytes: tf.max_state_bytes,
+        keep_versions: tf.keep_versions,
+    };
+    let store: Arc<dyn tflock_tfstate::StateStore> = match redis {
+        Some(r) => Arc::new(tflock_tfstate::RedisStates::new(Arc::clone(r), options)),
+        None => {
+            let path = tf.state_path.clone().unwrap_or_else(|| {
+                let mut p = el.embedded.path.clone().into_os_string();
+                p.push(".tfstate");
+                PathBuf::from(p)
+            });
+            let opened = tflock_tfstate::EmbeddedStates::open(&path, options).map_err(|e| {
+                Failure::unavailable(format!(
+                    "cannot open the Terraform state store {}: {e}",
+                    path.display()
+                ))
+            })?;
+            tracing::info!(path = %path.display(), "Terraform states in the embedded store");
+            Arc::new(opened)
+        }
+    };
+    let mut config = tflock_server::terraform::TerraformConfig::new(store);
+    config.lock_ttl = tf.lock_ttl;
+    config.queue_grace = tf.queue_grace;
+    config.long_poll = tf.long_poll;
+    config.fair_queue = tf.fair_queue;
+    config.max_state_bytes = tf.max_state_bytes;
+    Ok(config)
 }
 
 /// With `legacy_fallback: true`, wraps the store in `tflock_migrate::LegacyFallback`

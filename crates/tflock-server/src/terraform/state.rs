@@ -439,7 +439,7 @@ pub struct StateBody {
 /// `GET /api/v1/state?name=`: one state and its kept versions.
 #[utoipa::path(get, path = "/api/v1/state", tag = "terraform", params(NameQuery), security(("api_token" = [])),
     responses((status = 200, description = "The state", body = StateBody),
-              (status = 404, description = "No such state")))]
+              (status = 404, description = "`not_found`: no such state", body = crate::wire::ErrorBody)))]
 pub(crate) async fn state_summary(
     State(state): State<AppState>,
     parts: Parts,
@@ -476,7 +476,9 @@ pub struct RollbackBody {
 /// while the state is locked.
 #[utoipa::path(post, path = "/api/v1/state/rollback", tag = "terraform", request_body = RollbackBody, security(("admin_token" = [])),
     responses((status = 200, description = "The new version", body = Object),
-              (status = 423, description = "The state is locked")))]
+              (status = 403, description = "`forbidden`: needs the admin token", body = crate::wire::ErrorBody),
+              (status = 409, description = "A lock was taken meanwhile: nothing changed", body = crate::wire::ErrorBody),
+              (status = 423, description = "The state is locked: the holder's LockInfo", body = Object)))]
 pub(crate) async fn rollback(
     State(state): State<AppState>,
     caller_role: crate::auth::Admin,

@@ -17,4 +17,5 @@ mod observability;
 mod openapi;
 mod queue;
 mod safety;
+mod terraform;
 mod webhooks;
