@@ -503,6 +503,37 @@ impl RedisBackend {
         Ok(self.inner.conn.eval(script, key, args).await?.0)
     }
 
+    /// [`RedisBackend::eval`] for a script that changes data (the Terraform state
+    /// store's writes): with `min_replicas_ack`, it answers only once `WAIT` on the
+    /// connection the script ran on confirms that many replicas, like a grant.
+    /// Unconfirmed, it is `Unavailable`, though the change stays made on the primary
+    /// (docs/redis-design.md, "Replication"): the caller must not count on it.
+    pub async fn eval_acked(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<String, BackendError> {
+        self.inner.check_open()?;
+        let (reply, generation) = self.inner.conn.eval(script, key, args).await?;
+        let required = self.inner.min_replicas_ack;
+        if required > 0 {
+            let acked = self
+                .inner
+                .conn
+                .wait_replicas(generation, key, required, self.inner.wait_timeout)
+                .await?;
+            if acked < u64::from(required) {
+                return Err(BackendError::Unavailable(format!(
+                    "{}: only {acked} of the {required} replicas required by \
+                     redis.min_replicas_ack confirmed it; it may be lost in a failover",
+                    script.name
+                )));
+            }
+        }
+        Ok(reply)
+    }
+
     /// `standalone`, `sentinel` or `cluster`.
     pub fn mode(&self) -> &'static str {
         self.inner.conn.mode()

@@ -3,7 +3,7 @@
 //!
 //! # Tables
 //!
-//! - `states`: name → [`StateRow`] JSON: the fence, the lock record, the version
+//! - `states`: name → `StateRow` JSON: the fence, the lock record, the version
 //!   counter, the oldest kept version, the current version and the highest serial
 //!   ever stored. A row is never removed, so neither the fence nor a version number
 //!   can go back.

@@ -12,7 +12,7 @@
 //!   serial/lineage comparison and the rollback rewrite of `serial`.
 //! - [`embedded`]: [`EmbeddedStates`], one redb file; every operation is one redb
 //!   transaction that runs the `check` functions inside it.
-//! - `redis`: `RedisStates`, on tflock's Redis backend (standalone, Sentinel,
+//! - [`redis`]: [`RedisStates`], on tflock's Redis backend (standalone, Sentinel,
 //!   Cluster); every operation on a state is one Lua script (`lua/*.lua`).
 //!
 //! # The fencing rule, and why
@@ -61,12 +61,14 @@
 
 mod check;
 pub mod embedded;
+pub mod redis;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 pub use embedded::EmbeddedStates;
+pub use redis::RedisStates;
 
 /// A validated state name: 1..=255 bytes, no control characters, no leading or
 /// trailing '/', no empty, "." or ".." segment. Slashes are allowed ("team/app/prod").

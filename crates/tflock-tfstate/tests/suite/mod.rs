@@ -41,6 +41,7 @@ macro_rules! state_store_suite {
             invalid_documents_refused,
             guard_is_checked_first,
             list_and_summary,
+            concurrent_writes_get_distinct_versions,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -797,4 +798,41 @@ pub async fn list_and_summary(h: &dyn Harness) {
         serde_json::to_value(&list[3]).unwrap()["name"],
         json!("team/app/prod")
     );
+}
+
+pub async fn concurrent_writes_get_distinct_versions(h: &dyn Harness) {
+    let s = h
+        .store(StoreOptions {
+            keep_versions: 100,
+            ..StoreOptions::default()
+        })
+        .await;
+    let n = name("busy");
+    s.record_lock(&n, record("d", 1)).await.unwrap();
+    let put = |i: u64| {
+        let (s, n) = (&s, &n);
+        async move {
+            // Forced: a put after a rollback would otherwise be backwards.
+            let w = Write {
+                force: true,
+                ..write(doc_with(1, "l", &i.to_string()), lock("d", 1))
+            };
+            s.put(n, w).await.unwrap().version
+        }
+    };
+    // Rollbacks race with the puts: each must land past every serial it saw.
+    let rollback = || async { s.rollback(&n, 1, Guard::Admin, 1).await };
+    let first = put(0).await;
+    assert_eq!(first, 1);
+    let (a, b, c, d, e, f) = tokio::join!(put(1), put(2), put(3), put(4), rollback(), rollback());
+    let (e, f) = (e.unwrap(), f.unwrap());
+    let mut all = vec![a, b, c, d, e.version, f.version];
+    all.sort();
+    assert_eq!(all, vec![2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        [e.serial.min(f.serial), e.serial.max(f.serial)],
+        [2, 3],
+        "each rollback past the other's serial"
+    );
+    assert_eq!(s.versions(&n).await.unwrap().len(), 7);
 }
