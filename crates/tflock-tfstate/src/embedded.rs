@@ -40,7 +40,7 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const FORMAT_VERSION: &str = "1";
 
 /// What the file keeps per state besides its versions.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct StateRow {
     /// The highest token ever recorded (0: none).
     fence: u64,
@@ -177,9 +177,14 @@ impl EmbeddedStates {
                     versions: tx.open_table(VERSIONS).map_err(se)?,
                     bodies: tx.open_table(BODIES).map_err(se)?,
                 };
-                let mut row = t.row()?.unwrap_or_else(StateRow::new);
+                let stored = t.row()?;
+                let mut row = stored.clone().unwrap_or_else(StateRow::new);
                 let out = change(&mut t, &mut row, options)?;
-                t.save_row(&row)?;
+                // A change that changed nothing (clearing a lock not held) leaves
+                // no row behind.
+                if stored.as_ref() != Some(&row) {
+                    t.save_row(&row)?;
+                }
                 out
             };
             tx.commit().map_err(se)?;

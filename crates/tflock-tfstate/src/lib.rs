@@ -352,3 +352,44 @@ pub trait StateStore: Send + Sync + 'static {
     /// Removes the record only if its token is `token`; the fence stays.
     async fn clear_lock(&self, name: &StateName, token: u64) -> Result<(), StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names() {
+        for ok in [
+            "a",
+            "team/app/prod",
+            "x.y",
+            "..a",
+            "a/.b",
+            "{x}",
+            "ünï/cödé",
+        ] {
+            assert_eq!(StateName::parse(ok).unwrap().as_str(), ok);
+        }
+        let long = "a".repeat(255);
+        assert!(StateName::parse(&long).is_ok());
+        for (bad, what) in [
+            ("", "1 to 255 bytes"),
+            (&"a".repeat(256), "1 to 255 bytes"),
+            ("/a", "start or end"),
+            ("a/", "start or end"),
+            ("a//b", "empty segment"),
+            ("a/./b", "'.' or '..'"),
+            ("..", "'.' or '..'"),
+            ("a/..", "'.' or '..'"),
+            ("a\nb", "control"),
+            ("a\u{7f}", "control"),
+        ] {
+            let e = StateName::parse(bad).unwrap_err();
+            assert!(e.0.contains(what), "{bad:?}: {e}");
+        }
+        let n = StateName::parse("team/app").unwrap();
+        assert_eq!(serde_json::to_string(&n).unwrap(), "\"team/app\"");
+        assert!(serde_json::from_str::<StateName>("\"/x\"").is_err());
+        assert_eq!(n.to_string(), "team/app");
+    }
+}

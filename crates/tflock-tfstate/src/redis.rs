@@ -16,7 +16,8 @@
 //! script: a name is added *before* the script of a write that may create the state
 //! (put, record_lock) runs. An index entry without data is harmless (listing skips
 //! it), so the index never misses a state, and a listing shows a new name at the
-//! latest when its first write has answered.
+//! latest when its first write has answered. Listing reads the index, then each
+//! state's summary (one script per state, each consistent by itself).
 //!
 //! # Operations
 //!
