@@ -9,4 +9,5 @@ mod locks;
 mod run;
 mod snapshot;
 mod spec;
+mod state;
 mod webhook;

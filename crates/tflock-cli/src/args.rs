@@ -128,6 +128,10 @@ pub enum Command {
     /// Show, check and edit the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Terraform states kept by the server's http state backend (`/tf/NAME`):
+    /// list, show, pull, roll back. Through a server only.
+    #[command(subcommand)]
+    State(StateCommand),
 }
 
 /// `tflock server`.
@@ -410,6 +414,48 @@ pub enum ConfigCommand {
     /// Set KEY (e.g. enhanced_locking.legacy_fallback) to VALUE in the config file,
     /// leaving the rest of the file as it was.
     Set { key: String, value: String },
+}
+
+/// `tflock state ...`: the states of Terraform's and OpenTofu's `http` backend at
+/// `/tf/NAME` (docs/terraform.md).
+#[derive(Debug, Subcommand)]
+#[command(
+    after_help = "States are kept only by a tflock server's Terraform backend, so \
+                  these commands always work through a server (--server or TFLOCK_SERVER, \
+                  else the configured server.listen). Force-unlock is Terraform's own: \
+                  `terraform force-unlock -force ID` with the admin token as the backend's \
+                  password (or TF_HTTP_PASSWORD); Terraform sends no lock ID, so any ID \
+                  releases whatever holds the state's lock."
+)]
+pub enum StateCommand {
+    /// Every state: current version, serial, size, when written, who holds its lock.
+    List,
+    /// One state and its kept versions, newest first.
+    Show {
+        /// The state name (the path after /tf/ in the backend's address).
+        name: String,
+    },
+    /// Write a state's document to stdout (or --out FILE), byte for byte.
+    Pull {
+        /// The state name.
+        name: String,
+        /// A kept version instead of the current one (see `tflock state show`).
+        #[arg(long, value_name = "V")]
+        version: Option<u64>,
+        /// Write to this file (mode 0600: a state holds secrets) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Bring a kept version back as a new version, its serial above every serial
+    /// stored, so Terraform takes it as newer (admin token). Refused while the state is
+    /// locked (exit 3).
+    Rollback {
+        /// The state name.
+        name: String,
+        /// The kept version to bring back.
+        #[arg(long, value_name = "V")]
+        version: u64,
+    },
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

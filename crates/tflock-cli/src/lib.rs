@@ -1,5 +1,6 @@
 //! The `tflock` command line: `tflock server`, the `tflock locks ...` commands,
-//! `tflock run`, `tflock health`, `tflock config ...` and `tflock completions`.
+//! `tflock run`, `tflock health`, `tflock state ...`, `tflock config ...` and
+//! `tflock completions`.
 //!
 //! The binary (`src/main.rs` of the workspace root) only calls [`main`].
 //!
@@ -119,6 +120,10 @@ async fn dispatch(cli: Cli) -> CliResult<Exit> {
         Command::Locks(c) => {
             let loaded = load(&cli.global, serde_json::Value::Null, false)?;
             cmd::locks::run(&cli.global, &loaded, c, out).await
+        }
+        Command::State(c) => {
+            let loaded = load(&cli.global, serde_json::Value::Null, false)?;
+            cmd::state::run(&cli.global, &loaded, c, out).await
         }
         Command::Run(_) => unreachable!("handled by run"),
     }

@@ -8,3 +8,4 @@ pub mod run;
 pub mod selftest;
 pub mod server;
 pub mod snapshot;
+pub mod state;
