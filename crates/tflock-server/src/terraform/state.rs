@@ -235,6 +235,9 @@ async fn write(
             tracing::info!(state = %name, version = meta.version, serial = meta.serial, deleted = meta.deleted, "state stored");
             Ok((StatusCode::OK, Json(meta)).into_response())
         }
+        Err(WriteError::NotFound) if delete => Err(ApiError::not_found(format!(
+            "the state '{name}' has no stored state to delete"
+        ))),
         Err(e) => Err(write_error(&name, e)),
     }
 }
@@ -442,11 +445,17 @@ pub struct StateBody {
               (status = 404, description = "`not_found`: no such state", body = crate::wire::ErrorBody)))]
 pub(crate) async fn state_summary(
     State(state): State<AppState>,
-    parts: Parts,
-    ApiQuery(q): ApiQuery<NameQuery>,
+    mut parts: Parts,
 ) -> Result<Json<StateBody>, ApiError> {
     let cfg = config(&state)?;
+    // The token before the query: a caller without one learns nothing, not even
+    // which parameters are expected.
     caller(&parts, &state, false)?;
+    let ApiQuery(q) =
+        <ApiQuery<NameQuery> as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+            &mut parts, &state,
+        )
+        .await?;
     let name = state_name(&q.name)?;
     let err = |e: tflock_tfstate::StoreError| ApiError::unavailable(e.to_string());
     let summary = cfg

@@ -857,7 +857,25 @@ async fn the_lock_address_takes_post_and_delete(store: Store) {
     s.shutdown().await;
 }
 
+/// `?priority=high` on the lock address (a hotfix pipeline's backend block) puts a
+/// client ahead of normal ones that asked earlier.
+async fn a_priority_on_the_lock_address_goes_first(store: Store) {
+    let s = start(store, Tf::default()).await;
+    assert_eq!(lock(&s, "prio", "holder").await.status, StatusCode::OK);
+    assert_eq!(lock(&s, "prio", "normal").await.status, StatusCode::LOCKED);
+    let body = || Some(info("hotfix").to_string().into_bytes());
+    let hotfix = send(&s, "LOCK", "/tf/prio?priority=high", body(), None, Auth::None).await;
+    assert_eq!(hotfix.status, StatusCode::LOCKED);
+    assert_eq!(hotfix.headers["x-tflock-queue-position"], "1", "{}", hotfix.text);
+    assert_eq!(unlock(&s, "prio", "holder").await.status, StatusCode::OK);
+    assert_eq!(lock(&s, "prio", "normal").await.status, StatusCode::LOCKED);
+    let hotfix = send(&s, "LOCK", "/tf/prio?priority=high", body(), None, Auth::None).await;
+    assert_eq!(hotfix.status, StatusCode::OK, "{}", hotfix.text);
+    s.shutdown().await;
+}
+
 crate::on_both_backends!(
+    a_priority_on_the_lock_address_goes_first,
     round_trip,
     a_held_lock_answers_423_with_the_holder,
     polling_clients_are_granted_in_arrival_order,
