@@ -44,9 +44,9 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// Longest field of a LockInfo, in bytes.
 const MAX_INFO_FIELD: usize = 1024;
 
-/// Terraform's `statemgr.LockInfo`, as the http backend sends it.
+/// Terraform's `statemgr.LockInfo`, as the http backend sends it. Unknown fields are
+/// ignored, not refused: a later Terraform or OpenTofu that adds one must still lock.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct LockInfo {
     #[serde(rename = "ID")]
     pub id: String,

@@ -162,11 +162,23 @@ async fn get(state: &AppState, raw_name: &str, req: Request) -> Result<Response,
         None => cfg.store.get(&name).await,
     }
     .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let Some(stored) = stored.filter(|s| !s.meta.deleted) else {
-        return Err(match q.version {
-            Some(v) => ApiError::not_found(format!("the state '{name}' keeps no version {v}")),
-            None => ApiError::not_found(format!("the state '{name}' has no stored state")),
-        });
+    let stored = match (stored, q.version) {
+        (Some(s), _) if !s.meta.deleted => s,
+        (Some(_), Some(v)) => {
+            return Err(ApiError::not_found(format!(
+                "version {v} of the state '{name}' is a delete marker: it has no document"
+            )));
+        }
+        (None, Some(v)) => {
+            return Err(ApiError::not_found(format!(
+                "the state '{name}' keeps no version {v}"
+            )));
+        }
+        (_, None) => {
+            return Err(ApiError::not_found(format!(
+                "the state '{name}' has no stored state"
+            )));
+        }
     };
     let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&stored.body));
     let mut response = (StatusCode::OK, stored.body).into_response();
@@ -210,7 +222,15 @@ async fn write(
     if !delete {
         check_md5(&parts, &bytes)?;
     }
-    let guard = match guard(state, cfg, &name, q.id.as_deref()).await? {
+    let guard = match guard(
+        state,
+        cfg,
+        &name,
+        q.id.as_deref(),
+        "the state is locked: write with the lock's ?ID=",
+    )
+    .await?
+    {
         Ok(g) => g,
         Err(refusal) => return Ok(refusal),
     };
@@ -249,6 +269,7 @@ async fn guard(
     cfg: &TerraformConfig,
     name: &StateName,
     id: Option<&str>,
+    locked_note: &str,
 ) -> Result<Result<Guard, Response>, ApiError> {
     let resource = resource(name)?;
     let store_err = |e: tflock_tfstate::StoreError| ApiError::unavailable(e.to_string());
@@ -291,7 +312,7 @@ async fn guard(
                     name,
                     Some(live),
                     None,
-                    Some("the state is locked: write with the lock's ?ID=".into()),
+                    Some(locked_note.to_string()),
                 )
                 .await)),
                 None => Ok(Ok(Guard::Unlocked { fence_seen })),
@@ -496,7 +517,15 @@ pub(crate) async fn rollback(
     let _ = caller_role;
     let cfg = config(&state)?;
     let name = state_name(&body.name)?;
-    let guard = match guard(&state, cfg, &name, None).await? {
+    let guard = match guard(
+        &state,
+        cfg,
+        &name,
+        None,
+        "a rollback is refused while the state is locked: wait for the lock to end or force-unlock it first",
+    )
+    .await?
+    {
         Ok(g) => g,
         Err(refusal) => return Ok(refusal),
     };

@@ -594,21 +594,38 @@ async fn bad_input_is_refused_and_changes_nothing(store: Store) {
         "{}",
         empty_id.text
     );
-    let unknown = send(
+    let too_long = format!(r#"{{"ID":"x","Who":"{}"}}"#, "w".repeat(2000));
+    let long_who = send(
         &s,
         "LOCK",
         "/tf/bad",
-        Some(br#"{"ID":"x","Bogus":1}"#.to_vec()),
+        Some(too_long.into_bytes()),
         None,
         Auth::None,
     )
     .await;
-    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.text);
+    assert_eq!(
+        (long_who.status, field(&long_who)),
+        (StatusCode::BAD_REQUEST, "Who".to_string()),
+        "{}",
+        long_who.text
+    );
     assert_eq!(
         holder_token(&s, "bad").await,
         None,
         "no refused LOCK took the lock"
     );
+    // A field a later Terraform may add is not bad input.
+    let newer = send(
+        &s,
+        "LOCK",
+        "/tf/newer",
+        Some(br#"{"ID":"x","Who":"a@b","Future":1}"#.to_vec()),
+        None,
+        Auth::None,
+    )
+    .await;
+    assert_eq!(newer.status, StatusCode::OK, "{}", newer.text);
 
     assert_eq!(
         put(&s, "bad", None, state_doc(1, "l")).await.status,
@@ -864,12 +881,32 @@ async fn a_priority_on_the_lock_address_goes_first(store: Store) {
     assert_eq!(lock(&s, "prio", "holder").await.status, StatusCode::OK);
     assert_eq!(lock(&s, "prio", "normal").await.status, StatusCode::LOCKED);
     let body = || Some(info("hotfix").to_string().into_bytes());
-    let hotfix = send(&s, "LOCK", "/tf/prio?priority=high", body(), None, Auth::None).await;
+    let hotfix = send(
+        &s,
+        "LOCK",
+        "/tf/prio?priority=high",
+        body(),
+        None,
+        Auth::None,
+    )
+    .await;
     assert_eq!(hotfix.status, StatusCode::LOCKED);
-    assert_eq!(hotfix.headers["x-tflock-queue-position"], "1", "{}", hotfix.text);
+    assert_eq!(
+        hotfix.headers["x-tflock-queue-position"], "1",
+        "{}",
+        hotfix.text
+    );
     assert_eq!(unlock(&s, "prio", "holder").await.status, StatusCode::OK);
     assert_eq!(lock(&s, "prio", "normal").await.status, StatusCode::LOCKED);
-    let hotfix = send(&s, "LOCK", "/tf/prio?priority=high", body(), None, Auth::None).await;
+    let hotfix = send(
+        &s,
+        "LOCK",
+        "/tf/prio?priority=high",
+        body(),
+        None,
+        Auth::None,
+    )
+    .await;
     assert_eq!(hotfix.status, StatusCode::OK, "{}", hotfix.text);
     s.shutdown().await;
 }
