@@ -252,11 +252,11 @@ fn a_locked_state_shows_its_holder_and_refuses_rollback() {
     );
     let text = ok(&env, API_TOKEN, &["state", "show", NAME]);
     assert!(text.contains(&format!("lock id:        {id}")), "{text}");
-    // The state lock is a tflock lock on terraform/state.
+    // The state lock is a tflock lock on tflock:terraform/state.
     let locks = json(
         &env,
         API_TOKEN,
-        &["locks", "list", "--repo", "terraform/state"],
+        &["locks", "list", "--repo", "tflock:terraform/state"],
     );
     assert_eq!(locks["locks"].as_array().unwrap().len(), 1, "{locks}");
 

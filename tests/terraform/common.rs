@@ -402,7 +402,7 @@ pub fn state_lock(env: &Env, state: &str) -> Option<Value> {
     let a = request(
         env.port,
         "GET",
-        &format!("/api/v1/lock?repo=terraform/state&path={state}&workspace=default"),
+        &format!("/api/v1/lock?repo=tflock:terraform/state&path={state}&workspace=default"),
         &[],
         b"",
     );

@@ -14,7 +14,7 @@ fn queue_len(env: &Env) -> usize {
     let a = request(
         env.port,
         "GET",
-        &format!("/api/v1/queue?repo=terraform/state&path={STATE}&workspace=default"),
+        &format!("/api/v1/queue?repo=tflock:terraform/state&path={STATE}&workspace=default"),
         &[],
         b"",
     );

@@ -142,7 +142,13 @@ fn concurrent_applies(env: Env, store: &str) {
                 >= APPLIES
         },
     );
-    let race: Vec<_> = events.of(STATE).split_off(mark);
+    let mut race: Vec<_> = events.of(STATE).split_off(mark);
+    // In the order they happened (`at`, the store's clock; one step's events share it and
+    // keep the stream's order): a server may relay two steps' events in either order.
+    race.sort_by(|a, b| {
+        let at = |e: &crate::common::Event| e.data["at"].as_str().unwrap_or_default().to_string();
+        at(a).cmp(&at(b))
+    });
 
     // Arrival: the first event of each owner. Grant: its lock.acquired/queue.granted.
     let mut arrival: Vec<String> = Vec::new();

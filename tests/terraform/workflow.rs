@@ -101,7 +101,7 @@ fn workflow(env: Env) {
         "locks",
         "list",
         "--repo",
-        "terraform/state",
+        "tflock:terraform/state",
         "--json",
     ]));
     assert_eq!(code, 0, "tflock locks list: {listed}\n{err}");

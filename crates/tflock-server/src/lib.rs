@@ -211,9 +211,14 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             HeaderValue::from(error::retry_after_secs(&state)),
         );
     }
-    state
-        .metrics()
-        .http(method.as_str(), &route, status.as_u16());
+    // Methods are a label: any other name a client sends is one series, `other`, so
+    // a client cannot grow the series without bound.
+    let method_label = match method.as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" | "LOCK"
+        | "UNLOCK") => m,
+        _ => "other",
+    };
+    state.metrics().http(method_label, &route, status.as_u16());
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status.is_server_error() {
         tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, "request failed");

@@ -182,7 +182,11 @@ impl EmbeddedStates {
                 let out = change(&mut t, &mut row, options)?;
                 // A change that changed nothing (clearing a lock not held) leaves
                 // no row behind.
-                if stored.as_ref() != Some(&row) {
+                let unchanged = match &stored {
+                    Some(before) => before == &row,
+                    None => row == StateRow::new(),
+                };
+                if !unchanged {
                     t.save_row(&row)?;
                 }
                 out
@@ -519,7 +523,16 @@ impl StateStore for EmbeddedStates {
             let Some(source) = source else {
                 return Err(WriteError::NotFound);
             };
-            let serial = row.max_serial.unwrap_or(source.serial) + 1;
+            let serial = row
+                .max_serial
+                .unwrap_or(source.serial)
+                .checked_add(1)
+                .ok_or_else(|| {
+                    WriteError::InvalidState(
+                        "the highest serial stored is the largest there is: no serial above it"
+                            .into(),
+                    )
+                })?;
             let body = check::rewrite_serial(&t.body(version)?, serial)?;
             check::check_size(body.len(), options.max_state_bytes)?;
             let meta = VersionMeta {

@@ -296,7 +296,15 @@ async fn terraform_backend(
     config.lock_ttl = tf.lock_ttl;
     config.queue_grace = tf.queue_grace;
     config.long_poll = tf.long_poll;
-    config.fair_queue = tf.fair_queue;
+    // The fair queue is made of reservations: without the priority queue there are
+    // none, and a held state is answered 423 like any other http backend's.
+    config.fair_queue = tf.fair_queue && el.enable_priority_queue;
+    if tf.fair_queue && !el.enable_priority_queue {
+        tracing::warn!(
+            "enhanced_locking.enable_priority_queue is false: Terraform clients are not queued \
+             (a held state is answered 423; whoever polls first after an unlock wins)"
+        );
+    }
     config.max_state_bytes = tf.max_state_bytes;
     Ok(config)
 }

@@ -22,8 +22,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tflock_core::{
-    Lock, LockRequest, NotAcquiredReason, Owner, Priority, QueuePlacement, RefreshError, Resource,
-    TryLockError, UnlockError, WaitSpec,
+    EventKind, Lock, LockRequest, NotAcquiredReason, Owner, Priority, QueuePlacement, RefreshError,
+    Resource, TryLockError, UnlockError, WaitSpec,
 };
 use tflock_tfstate::{LockRecord, RecordError, StateName};
 
@@ -37,16 +37,31 @@ use crate::state::AppState;
 /// `request_id_retention` before it is refused.
 const MAX_CHAIN: u32 = 16;
 
-/// How often a held-open LOCK looks at its entry even without an event: renews the
-/// reservation and covers an event missed by a server that lost its event stream.
+/// How often a held-open LOCK looks at its entry even without an event (at most; a
+/// third of `queue_grace` when that is shorter): renews the reservation and covers an
+/// event missed by a server that lost its event stream.
 const RECHECK: Duration = Duration::from_secs(5);
+
+/// The lifetime of the reservation a client's *first* LOCK leaves. Terraform's next
+/// poll comes 1 s later and renews it to `queue_grace`; a client that asked once
+/// (`-lock-timeout=0`, Terraform's default) is gone, and its reservation with it,
+/// before it can hold up the queue.
+const FIRST_WINDOW: Duration = Duration::from_secs(4);
+
+/// A LOCK whose reservation has waited this long was made by an earlier LOCK of the
+/// same client: a repeated poll.
+const REPEATED: Duration = Duration::from_millis(500);
+
+/// Longest `Who` kept in the owner string (the owner is at most 1,024 bytes).
+const MAX_WHO_IN_OWNER: usize = 900;
 
 /// Longest field of a LockInfo, in bytes.
 const MAX_INFO_FIELD: usize = 1024;
 
 /// Terraform's `statemgr.LockInfo`, as the http backend sends it. Unknown fields are
 /// ignored, not refused: a later Terraform or OpenTofu that adds one must still lock.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Its `Debug` leaves the ID out (a secret here).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LockInfo {
     #[serde(rename = "ID")]
     pub id: String,
@@ -62,6 +77,17 @@ pub(crate) struct LockInfo {
     pub created: String,
     #[serde(rename = "Path", default)]
     pub path: String,
+}
+
+impl std::fmt::Debug for LockInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockInfo")
+            .field("id", &"<secret>")
+            .field("operation", &self.operation)
+            .field("who", &self.who)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LockInfo {
@@ -118,7 +144,13 @@ impl LockInfo {
         } else {
             self.who.as_str()
         };
-        let mut owner = Owner::named(format!("{who} (terraform {})", &ids.public[..8]));
+        let mut cut = who.len().min(MAX_WHO_IN_OWNER);
+        while !who.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        // The full public id (64 bits): an owner string is public, and one that could
+        // be ground out for another lock ID would let its UNLOCK cancel this place.
+        let mut owner = Owner::named(format!("{} (terraform {})", &who[..cut], ids.public));
         let user = who.split('@').next().unwrap_or(who);
         if !user.is_empty() {
             owner.user = Some(tflock_core::UserInfo {
@@ -249,8 +281,13 @@ async fn lock(
     let mut events = backend.subscribe();
     let park_until = Instant::now() + cfg.long_poll;
     let mut chain = 0u32;
+    // Until the client's entry is known to be from an earlier LOCK, its reservation
+    // lives FIRST_WINDOW only (see there); a repeated poll renews it to queue_grace.
+    let mut repeated = false;
     let mut looked_at_entry = false;
-    let mut may_park = false;
+    let recheck = RECHECK
+        .min(cfg.queue_grace / 3)
+        .max(Duration::from_millis(200));
     loop {
         let mut request = LockRequest::new(resource.clone(), owner.owner.clone())
             .with_priority(priority)
@@ -259,7 +296,12 @@ async fn lock(
         request.owner = owner.clone();
         if cfg.fair_queue {
             request.reserve = true;
-            request.wait = Some(WaitSpec::For(cfg.queue_grace));
+            let window = if repeated {
+                cfg.queue_grace
+            } else {
+                FIRST_WINDOW.min(cfg.queue_grace)
+            };
+            request.wait = Some(WaitSpec::For(window));
         }
         let answer = match backend.try_lock(request).await {
             Ok(a) => a,
@@ -283,7 +325,8 @@ async fn lock(
             })?;
             match granted(state, cfg, name, &resource, &ids, chain, info, &owner, lock).await? {
                 Some(response) => return Ok(response),
-                // The lease ended between the grant and its extension: ask again.
+                // The lease ended between the grant and its extension, or a newer
+                // grant was recorded meanwhile: ask again.
                 None => continue,
             }
         }
@@ -301,15 +344,18 @@ async fn lock(
         let queued = answer.queue.clone();
         if let Some(placement) = &queued
             && cfg.fair_queue
-            && !cfg.long_poll.is_zero()
         {
             if !looked_at_entry {
                 looked_at_entry = true;
-                may_park = waited_before(state, &resource, placement).await;
+                if waited_before(state, &resource, placement).await {
+                    // A repeated poll: renew the place to queue_grace now.
+                    repeated = true;
+                    continue;
+                }
             }
             let left = park_until.saturating_duration_since(Instant::now());
-            if may_park && !left.is_zero() && !state.is_closing() {
-                park(state, &mut events, &resource, left.min(RECHECK)).await;
+            if repeated && !cfg.long_poll.is_zero() && !left.is_zero() && !state.is_closing() {
+                park(state, &mut events, &resource, left.min(recheck)).await;
                 continue;
             }
         }
@@ -338,7 +384,7 @@ async fn waited_before(state: &AppState, resource: &Resource, placement: &QueueP
             .entries
             .iter()
             .find(|e| e.entry.entry_id == placement.entry_id)
-            .is_some_and(|e| e.waited >= Duration::from_secs(1)),
+            .is_some_and(|e| e.waited >= REPEATED),
         Err(_) => false,
     }
 }
@@ -356,7 +402,16 @@ async fn park(
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Ok(e) if &e.resource == resource => return,
+                // Only a lease that ends or a grant can make it this client's turn.
+                Ok(e) if &e.resource == resource
+                    && matches!(
+                        e.event,
+                        EventKind::LockReleased
+                            | EventKind::LockExpired
+                            | EventKind::LockTransferred
+                            | EventKind::QueueGranted
+                            | EventKind::QueueLeft
+                    ) => return,
                 Ok(_) => {}
                 // Missed some: look now rather than miss ours.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
@@ -405,15 +460,13 @@ async fn granted(
     match cfg.store.record_lock(name, record).await {
         Ok(()) => {}
         Err(RecordError::Stale { fence }) => {
-            // A newer lock was recorded: this grant is not the newest (cannot happen
-            // while tokens only grow); give it back rather than hand out a lock whose
-            // writes would all be refused.
-            tracing::warn!(state = %name, token = lock.fencing_token.0, fence, "grant older than the state's fence");
+            // A newer lock was recorded: this grant is not the newest (this handler
+            // stalled past queue_grace between the grant and here, and the lock went
+            // on); give it back rather than hand out a lock whose writes would all be
+            // refused, and ask again.
+            tracing::warn!(state = %name, token = lock.fencing_token.0, fence, "grant older than the state's fence: asking again");
             let _ = state.backend().unlock(resource, &lease).await;
-            return Err(ApiError::new(
-                tflock_core::ErrorCode::Internal,
-                format!("the grant's fencing token is older than the state's ({fence})"),
-            ));
+            return Ok(None);
         }
         Err(RecordError::Store(e)) => return Err(ApiError::unavailable(e)),
     }
@@ -456,6 +509,15 @@ pub(super) async fn locked_answer(
             if let Some(r) = recorded {
                 if let Some(obj) = r.info.as_object() {
                     body.extend(obj.clone());
+                }
+                // Terraform decodes `Created` as a time: an empty or odd one would make
+                // it drop the whole body (and the holder with it).
+                let created_ok = body
+                    .get("Created")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|c| tflock_core::Timestamp::parse_rfc3339(c).is_ok());
+                if !created_ok {
+                    body.insert("Created".into(), lock.acquired_at.to_rfc3339().into());
                 }
                 let who = r.info.get("Who").and_then(|v| v.as_str()).unwrap_or("");
                 let op = r
@@ -588,17 +650,14 @@ async fn unlock(
     // Not the live lock: a client that gives up its place in line, or the retry of
     // an unlock that already happened.
     cancel_reservation(state, &resource, &info.owner(&ids)).await;
-    match live {
-        Some(lock) => Ok(locked_answer(
-            state,
-            name,
-            Some(lock),
-            None,
-            Some("this lock ID does not hold the lock: nothing was unlocked".into()),
-        )
-        .await),
-        None if known(cfg, name).await? => Ok(StatusCode::OK.into_response()),
-        None => Err(unknown_state(name)),
+    // This lock ID holds nothing: there is nothing to unlock, and answering 200 harms
+    // nobody (a 423 would make Terraform suggest a force-unlock, which would end the
+    // lock of whoever holds it now).
+    let _ = live;
+    if known(cfg, name).await? {
+        Ok(StatusCode::OK.into_response())
+    } else {
+        Err(unknown_state(name))
     }
 }
 
@@ -617,14 +676,23 @@ async fn cancel_reservation(state: &AppState, resource: &Resource, owner: &Owner
     }
 }
 
-/// Whether tflock has ever seen this state (a version, a lock record or a fence).
+/// Whether tflock has ever seen this state (a version, a lock record or a fence: a
+/// state only ever locked, as by `terraform plan` on a new state, has a fence).
 pub(super) async fn known(cfg: &TerraformConfig, name: &StateName) -> Result<bool, ApiError> {
     let summary = cfg
         .store
         .summary(name)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok(summary.is_some_and(|s| s.current.is_some() || s.versions > 0 || s.fence > 0))
+    if summary.is_some_and(|s| s.current.is_some() || s.versions > 0 || s.fence > 0) {
+        return Ok(true);
+    }
+    let fence = cfg
+        .store
+        .fence(name)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(fence > 0)
 }
 
 pub(super) fn unknown_state(name: &StateName) -> ApiError {

@@ -5,7 +5,7 @@
 //! takes the lock with any method for clients configured with `lock_method = "POST"` /
 //! `unlock_method = "DELETE"` (on `/tf/{name}` those would be state writes).
 //!
-//! - A state lock is a tflock lock on the resource `terraform/state` + the name
+//! - A state lock is a tflock lock on the resource `tflock:terraform/state` + the name
 //!   (`resource`), so it is listed, shown on the web page, evented and measured like
 //!   any other; see `lock` for how a polling client is queued fairly.
 //! - State writes are fenced (`state`): a write lands only while its lock is the newest
@@ -36,8 +36,11 @@ use crate::state::AppState;
 pub(crate) use state::{rollback, state_summary, states_list};
 
 /// The repository part of every state lock's resource: `tflock locks list --repo
-/// terraform/state` lists the Terraform state locks.
-pub const TF_REPO: &str = "terraform/state";
+/// tflock:terraform/state` lists the Terraform state locks.
+/// A name no VCS gives a repository (`:` is not allowed in GitHub, GitLab, Bitbucket or
+/// Azure DevOps names), so an Atlantis repository's locks can never share these
+/// resources, and an unlock by pull request can never release a state lock.
+pub const TF_REPO: &str = "tflock:terraform/state";
 
 /// The Terraform backend's settings and its state store.
 #[derive(Clone)]
@@ -100,13 +103,22 @@ pub fn resource(name: &StateName) -> Result<Resource, ApiError> {
 
 /// What tflock derives from a Terraform lock ID. The ID itself is a bearer secret
 /// (whoever knows it may write the state), so only these leave this module.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct LockIds {
     /// Stored in the lock record to recognise the ID again.
     pub digest: String,
     /// Shown to others (answers, `tflock state show`, each version's writer).
     pub public: String,
     id: String,
+}
+
+/// Leaves the ID out: it is a secret.
+impl std::fmt::Debug for LockIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockIds")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LockIds {

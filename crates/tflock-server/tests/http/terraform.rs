@@ -219,7 +219,7 @@ async fn get_state(server: &TestServer, name: &str) -> Answer {
 }
 
 fn tf_resource(name: &str) -> Value {
-    json!({"repo": "terraform/state", "path": name, "workspace": "default", "project_name": ""})
+    json!({"repo": "tflock:terraform/state", "path": name, "workspace": "default", "project_name": ""})
 }
 
 async fn holder_token(server: &TestServer, name: &str) -> Option<u64> {
@@ -911,7 +911,80 @@ async fn a_priority_on_the_lock_address_goes_first(store: Store) {
     s.shutdown().await;
 }
 
+/// A client that asks once (`-lock-timeout=0`, Terraform's default) and goes away
+/// leaves no place behind that would hold the lock for `queue_grace` when it frees.
+async fn a_client_that_asked_once_does_not_hold_up_the_queue(store: Store) {
+    let s = start(store, Tf::default()).await;
+    assert_eq!(lock(&s, "once", "holder").await.status, StatusCode::OK);
+    assert_eq!(lock(&s, "once", "plan").await.status, StatusCode::LOCKED);
+    tokio::time::sleep(Duration::from_millis(4600)).await;
+    assert_eq!(unlock(&s, "once", "holder").await.status, StatusCode::OK);
+    let next = lock(&s, "once", "next").await;
+    assert_eq!(
+        next.status,
+        StatusCode::OK,
+        "the one-time asker is gone: {}",
+        next.text
+    );
+    s.shutdown().await;
+}
+
+/// An UNLOCK whose lock ID holds nothing (a retry of an UNLOCK whose answer was lost,
+/// after the lock went on to the next client; a state only ever locked) is 200 and
+/// changes nothing: a 423 would make Terraform suggest a force-unlock.
+async fn a_retried_unlock_is_answered_200_and_changes_nothing(store: Store) {
+    let s = start(store, Tf::default()).await;
+    assert_eq!(lock(&s, "ru", "a").await.status, StatusCode::OK);
+    assert_eq!(lock(&s, "ru", "b").await.status, StatusCode::LOCKED);
+    assert_eq!(unlock(&s, "ru", "a").await.status, StatusCode::OK);
+    let token = holder_token(&s, "ru").await.expect("b's grant");
+    let again = unlock(&s, "ru", "a").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(
+        holder_token(&s, "ru").await,
+        Some(token),
+        "b still holds the lock"
+    );
+    assert_eq!(lock(&s, "ru", "b").await.status, StatusCode::OK);
+    // A state that was only ever locked (terraform plan on a new state) is known.
+    assert_eq!(lock(&s, "only-locked", "p").await.status, StatusCode::OK);
+    assert_eq!(unlock(&s, "only-locked", "p").await.status, StatusCode::OK);
+    let retry = unlock(&s, "only-locked", "p").await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text);
+    s.shutdown().await;
+}
+
+/// What Terraform decodes from a 423 must decode: `Created` is a time even when the
+/// holder sent none, and a long `Who` still locks.
+async fn odd_but_valid_lock_infos(store: Store) {
+    let s = start(store, Tf::default()).await;
+    let mut holder = info("odd");
+    holder["Created"] = json!("");
+    holder["Who"] = json!("w".repeat(1000));
+    let a = send(
+        &s,
+        "LOCK",
+        "/tf/odd",
+        Some(holder.to_string().into_bytes()),
+        None,
+        Auth::None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let b = lock(&s, "odd", "other").await;
+    assert_eq!(b.status, StatusCode::LOCKED);
+    let created = b.json()["Created"].as_str().unwrap_or_default().to_string();
+    assert!(
+        tflock_core::Timestamp::parse_rfc3339(&created).is_ok(),
+        "Created must be a time for Terraform: {created:?}"
+    );
+    s.shutdown().await;
+}
+
 crate::on_both_backends!(
+    a_client_that_asked_once_does_not_hold_up_the_queue,
+    a_retried_unlock_is_answered_200_and_changes_nothing,
+    odd_but_valid_lock_infos,
     a_priority_on_the_lock_address_goes_first,
     round_trip,
     a_held_lock_answers_423_with_the_holder,
