@@ -4,7 +4,8 @@
 //! and on Redis standalone.
 //!
 //! - `workflow`: init, plan, apply, state pull, force-unlock with the admin token (and
-//!   refused with the API token).
+//!   refused with the API token); a one-time LOCK (`-lock-timeout=0`) that gave up
+//!   leaves no reservation to be granted the lock later.
 //! - `queue`: four concurrent applies on one state hold the lock one at a time, in the
 //!   order they asked.
 //! - `fencing`: writes with a stale ID, a foreign ID or a lower serial are refused and

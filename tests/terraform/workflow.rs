@@ -2,11 +2,13 @@
 //! and `force-unlock` of a lock another process holds: done with the admin token as
 //! the backend's password, refused with the API token.
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
 use crate::common::{
     ADMIN_TOKEN, API_TOKEN, Config, Env, Workdir, lock_info, ok, server, state_lock, stored,
-    terraform, text, tf,
+    terraform, text, tf, wait_for,
 };
 
 const STATE: &str = "team/app/workflow";
@@ -153,14 +155,17 @@ fn workflow_redis() {
 }
 
 /// A client that asked for a held lock once and gave up (`-lock-timeout=0`, the
-/// default) must not be handed the lock when it frees. Today its first LOCK leaves a
-/// reservation of `queue_grace` (20 s) that is granted at the next unlock (or
-/// force-unlock), so the lock stays held by a client that is gone: a force-unlock does
-/// not free the state, and the next apply waits up to 20 s. Ignored until the server is
-/// fixed (reported with a proposed fix).
-fn abandoned_attempt(env: Env) {
+/// default) must not be handed the lock when it frees. Its first LOCK leaves a
+/// reservation that lives 4 s (the server's FIRST_WINDOW; Terraform's next poll would
+/// come after 1 s and renew it).
+///
+/// `after`: how long after the attempt the lock is forced open. Past the window the
+/// reservation is gone and the state is free at once. Inside it the reservation is
+/// granted the lock: `granted_for` bounds how long that grant may hold the state.
+fn abandoned_attempt(env: Env, after: Duration, granted_for: Duration) {
     let env = server(env, "");
     let user = Workdir::init(&env, STATE, API_TOKEN, Config { sleep_s: 0 });
+    let admin = Workdir::init(&env, STATE, ADMIN_TOKEN, Config { sleep_s: 0 });
     let held = tf(
         &env,
         "LOCK",
@@ -169,6 +174,7 @@ fn abandoned_attempt(env: Env) {
         &lock_info("held-by-another-process"),
     );
     assert_eq!(held.status, 200, "{}", held.text());
+    let t = Instant::now();
     let blocked = user.run(&["plan", "-input=false", "-no-color", "-lock-timeout=0s"]);
     assert!(
         !blocked.status.success(),
@@ -179,20 +185,41 @@ fn abandoned_attempt(env: Env) {
         "{}",
         text(&blocked.stderr)
     );
-    let admin = Workdir::init(&env, STATE, ADMIN_TOKEN, Config { sleep_s: 0 });
+    std::thread::sleep(after.saturating_sub(t.elapsed()));
     ok(
         "terraform force-unlock (admin)",
         &admin.run(&["force-unlock", "-force", "any-lock-id"]),
     );
-    assert_eq!(
-        state_lock(&env, STATE),
-        None,
-        "the plan that gave up was granted the lock"
+    let forced = Instant::now();
+    wait_for(
+        "the state is free after force-unlock",
+        granted_for + Duration::from_secs(1),
+        || state_lock(&env, STATE).is_none(),
+    );
+    println!(
+        "forced {after:?} after a one-time LOCK: free {:?} after the force-unlock",
+        forced.elapsed()
     );
 }
 
+/// The server's fix (a one-time LOCK's reservation lives 4 s): forced open 5 s later,
+/// the state is free at once.
 #[test]
-#[ignore = "server bug: a LOCK answered 423 once leaves a reservation that is granted the lock later"]
-fn abandoned_attempt_embedded() {
-    abandoned_attempt(Env::embedded());
+fn abandoned_attempt_leaves_no_ghost_embedded() {
+    abandoned_attempt(Env::embedded(), Duration::from_secs(5), Duration::ZERO);
+}
+
+#[test]
+fn abandoned_attempt_leaves_no_ghost_redis() {
+    abandoned_attempt(Env::redis(), Duration::from_secs(5), Duration::ZERO);
+}
+
+/// Inside the 4 s window the gone client is granted the lock with the full
+/// `queue_grace` (20 s): the state stays locked by nobody for 20 s after a
+/// force-unlock. Ignored until a reservation that was never renewed is granted for its
+/// own short window only (reported with a proposed fix).
+#[test]
+#[ignore = "server bug: a one-time LOCK's reservation, granted within its 4 s window, holds the state for queue_grace (20 s)"]
+fn abandoned_attempt_inside_the_window_embedded() {
+    abandoned_attempt(Env::embedded(), Duration::ZERO, Duration::from_secs(4));
 }
