@@ -671,18 +671,33 @@ impl State {
                 let rec = self.resources.get(&key).expect("held");
                 if req.reserve {
                     // One reservation per owner and resource: reserving again answers
-                    // with the place already held.
-                    if let Some(e) = rec.queue.iter().find(|e| {
-                        e.kind == EntryKind::Reservation && e.owner.owner == req.owner.owner
-                    }) {
-                        let position = self.position(&key, &e.entry_id.clone(), ctx);
-                        let entry_id = e.entry_id.clone();
-                        return Decision::Answer(Box::new(LockResponse {
+                    // with the place already held. With a request id (another one of
+                    // the same owner, e.g. an older one of the Terraform backend's
+                    // chain whose answer was forgotten) that answer renews the
+                    // reservation like its own retry does and is remembered, so that
+                    // this request id's retries are answered from the present (rules
+                    // 5 and 8): renewed while it waits, `lease_lost` once it is
+                    // granted under another request id.
+                    if let Some(entry_id) = rec
+                        .queue
+                        .iter()
+                        .find(|e| {
+                            e.kind == EntryKind::Reservation && e.owner.owner == req.owner.owner
+                        })
+                        .map(|e| e.entry_id.clone())
+                    {
+                        if req.request_id.is_some() {
+                            self.renew_reservation(&key, &entry_id, req, ctx);
+                        }
+                        let position = self.position(&key, &entry_id, ctx);
+                        let response = LockResponse {
                             acquired: false,
                             lock: Some(cur.public()),
                             queue: Some(QueuePlacement { entry_id, position }),
                             reason: Some(NotAcquiredReason::Held),
-                        }));
+                        };
+                        self.remember(req, &response, ctx);
+                        return Decision::Answer(Box::new(response));
                     }
                 }
                 if rec.queue.len() >= ctx.settings.max_queue_size {

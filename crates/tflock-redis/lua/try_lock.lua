@@ -209,12 +209,19 @@ end
 
 if mode == 'r' then
   -- One reservation per owner and resource: reserving again answers with the place
-  -- already held.
+  -- already held. With a request id (another one of the same owner, e.g. an older
+  -- one of the Terraform backend's chain whose answer was forgotten) that answer
+  -- renews the reservation like its own retry does (chg) and is remembered, so that
+  -- this request id's retries are answered from the present (rules 5 and 8): renewed
+  -- while it waits, lease_lost once it is granted under another request id.
   for _, e in ipairs(all_entries(sk)) do
     if e.kind == 'r' and e.owner == who.owner then
-      return reply({ r = 'ans', fresh = false, a = {
+      local a = {
         acq = false, lock = public, reason = 'held', q = { id = e.id, pos = position(sk, e.id) },
-      } })
+      }
+      if rid == '' then return reply({ r = 'ans', fresh = false, a = a }) end
+      local renewed = renew(e.id)
+      return answer(a, false, renewed)
     end
   end
 end

@@ -649,6 +649,142 @@ pub async fn reservation_retry_renews_its_deadline<H: Harness + ?Sized>(harness:
     fx.unlock(&wholder).await;
 }
 
+/// Rules 5 and 8: reserving again under another request id of the same owner (the
+/// Terraform backend's chain of request ids, an older one evaluated anew once its
+/// answer is forgotten) answers with the place held, renews that reservation like its
+/// own retry does, and is remembered for the new request id: that id's retries renew
+/// it again while it waits, and once it is granted (under the first request id) they
+/// answer `lease_lost`; only the first request id collects the grant.
+pub async fn reservation_under_another_request_id_renews_it<H: Harness + ?Sized>(harness: &H) {
+    let fx = Fixture::default(harness).await;
+    let r = resource("o/chain");
+    let holder = fx.lock(request(&r, "o/chain#1")).await;
+    let wait = Duration::from_secs(30);
+    let first = request(&r, "o/chain#2")
+        .with_wait(wait)
+        .with_request_id("rid-chain-1")
+        .reserving();
+    let t0 = fx.now();
+    let placed = expect_not_acquired("the reservation", fx.backend.try_lock(first.clone()).await)
+        .queue
+        .expect("a reservation answers with its placement");
+    assert_eq!(placed.position, 1);
+    fx.tick();
+    // Reserved alongside and never renewed: its leaving shows that the store swept
+    // past the first reservation's original deadline.
+    fx.reserve(request(&r, "o/chain#3").with_wait(wait)).await;
+    assert_eq!(
+        fx.entry_of(&r, "o/chain#2")
+            .await
+            .expect("queued")
+            .entry
+            .deadline,
+        t0.add(wait)
+    );
+
+    fx.advance(Duration::from_secs(20));
+    let second = first.clone().with_request_id("rid-chain-2");
+    let t1 = fx.now();
+    let again = expect_not_acquired(
+        "reserving again under another request id",
+        fx.backend.try_lock(second.clone()).await,
+    );
+    assert_eq!(again.reason, Some(NotAcquiredReason::Held));
+    let q = again.queue.expect("the place held");
+    assert_eq!(q.entry_id, placed.entry_id, "the same entry");
+    assert_eq!(q.position, 1, "the same place");
+    let e = fx.entry_of(&r, "o/chain#2").await.expect("queued");
+    assert_eq!(
+        e.entry.deadline,
+        t1.add(wait),
+        "renewed to now + the new request's wait"
+    );
+    assert_eq!(e.entry.kind, tflock_core::EntryKind::Reservation);
+    assert_eq!(fx.queue(&r).await.len(), 2, "never a second entry");
+    fx.tick();
+    // Its leaving shows the sweep past the first renewal's deadline.
+    fx.reserve(request(&r, "o/chain#4").with_wait(wait)).await;
+
+    // 40 s after the first call: past its original deadline.
+    fx.advance(Duration::from_secs(20));
+    wait_until(
+        "the unrenewed reservation leaves at its deadline",
+        async || fx.entry_of(&r, "o/chain#3").await.is_none(),
+    )
+    .await;
+    let kept = fx
+        .entry_of(&r, "o/chain#2")
+        .await
+        .expect("renewed by the other request id, it still waits past its first deadline");
+    assert_eq!(kept.entry.entry_id, placed.entry_id);
+    assert_eq!(kept.position, 1);
+
+    // The second request id's retry is answered from the present and renews again.
+    let t2 = fx.now();
+    let retried = expect_not_acquired(
+        "the second request id's retry",
+        fx.backend.try_lock(second.clone()).await,
+    );
+    assert_eq!(retried.reason, Some(NotAcquiredReason::Held));
+    let q = retried.queue.expect("the same entry");
+    assert_eq!(q.entry_id, placed.entry_id, "the same entry");
+    assert_eq!(q.position, 1, "the same place");
+    assert_eq!(
+        fx.entry_of(&r, "o/chain#2")
+            .await
+            .expect("queued")
+            .entry
+            .deadline,
+        t2.add(wait),
+        "renewed again by the second request id's retry"
+    );
+
+    // 60 s after the first call: past the first renewal's deadline too.
+    fx.advance(Duration::from_secs(20));
+    wait_until(
+        "the second unrenewed reservation leaves at its deadline",
+        async || fx.entry_of(&r, "o/chain#4").await.is_none(),
+    )
+    .await;
+    let kept = fx
+        .entry_of(&r, "o/chain#2")
+        .await
+        .expect("renewed again, it still waits past the first renewal's deadline");
+    assert_eq!(kept.entry.entry_id, placed.entry_id);
+
+    let unlocked = fx.unlock(&holder).await;
+    assert_eq!(
+        unlocked.granted_to.map(|e| e.entry.entry_id),
+        Some(placed.entry_id.clone()),
+        "granted to the renewed reservation"
+    );
+    let held = fx
+        .holder(&r)
+        .await
+        .expect("held by the reservation's owner");
+    assert_eq!(held.owner.owner, "o/chain#2");
+
+    // The grant was made under the first request id: the second cannot collect it.
+    let other = expect_not_acquired(
+        "the second request id after the grant",
+        fx.backend.try_lock(second.clone()).await,
+    );
+    assert_eq!(other.reason, Some(NotAcquiredReason::LeaseLost));
+    assert_eq!(other.queue, None);
+    assert_eq!(
+        other.lock.and_then(|l| l.lease_id),
+        None,
+        "no lease for the second request id"
+    );
+    let mine = expect_granted(
+        "the first request id collects the grant",
+        fx.backend.try_lock(first.clone()).await,
+    );
+    assert_eq!(mine.fencing_token, held.fencing_token, "the granted lease");
+    assert!(mine.lease_id.is_some(), "with its lease");
+    fx.unlock(&mine).await;
+}
+
 /// Rule 6: a queue holding `max_queue_size` entries refuses more with `queue_full`;
 /// a call without wait still answers `held`.
 pub async fn queue_full_at_max_queue_size<H: Harness + ?Sized>(harness: &H) {
