@@ -22,73 +22,23 @@
 //! epoch) before it takes the `Leader` role.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tflock_core::{BackendError, Timestamp};
 
+use crate::args::{FenceArgs, SweepArgs};
+use crate::backend::Inner;
 use crate::keys::BUCKETS;
-use crate::reply::{FenceReply, SweepReply};
-use crate::{Inner, SWEEP_INTERVAL, SWEEP_LIMIT};
+use crate::options::{LeaderAuthority, SweepRole};
+use crate::reply::FenceReply;
 
-/// Who sweeps through this backend; see the module docs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum SweepRole {
-    /// Sweep every bucket unfenced, without a cluster manager. The default.
-    #[default]
-    SelfSweep,
-    /// Do not sweep: another server is (or will be) the cluster's leader.
-    Follower,
-    /// Sweep as the cluster's leader, fenced by its epoch.
-    Leader(LeaderAuthority),
-}
-
-/// What a leader's sweeps act under.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaderAuthority {
-    /// The leader's epoch: only ever goes up, one per election.
-    pub epoch: u64,
-    /// Until when (this process's monotonic clock) the leader is sure its lease still
-    /// holds on Redis; past it the sweeper stops until the lease is renewed. `None`
-    /// does not check (tests that show the fences alone refuse a stale leader).
-    pub valid_until: Option<Instant>,
-    /// Servers declared dead: node id → `(dead_for, as_of)`, the node had been dead
-    /// for `dead_for` (measured on the registry's Redis clock alone) at `as_of` (this
-    /// process's monotonic clock). The waiter entries they made before then are
-    /// removed by the leader's sweeps.
-    ///
-    /// A duration, not the registry's instant: on Redis Cluster the registry and each
-    /// bucket are on different primaries with different clocks, and a waiter entry's
-    /// enqueue time is on its bucket's clock. Each sweep sends the age as of now
-    /// (`dead_for + as_of.elapsed()`) and `sweep.lua` places the death on the bucket's
-    /// own clock (`NOW - age`), so the comparison with the entry's time is between two
-    /// readings of one clock, whatever the skew between servers.
-    pub dead_nodes: Arc<BTreeMap<String, (Duration, Instant)>>,
-}
-
-impl LeaderAuthority {
-    fn lapsed(&self) -> bool {
-        self.valid_until.is_some_and(|v| Instant::now() >= v)
-    }
-}
-
-/// What this backend's sweeps did since it started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SweepStats {
-    /// Fenced script calls (sweeps, fence claims) that a bucket refused because a
-    /// leader with a higher epoch had acted on it.
-    pub stale_refusals: u64,
-    /// The highest fence a refusal reported.
-    pub refused_by: u64,
-    /// Rounds of fenced sweeps over the 64 buckets, and items they handled.
-    pub leader_sweeps: u64,
-    pub leader_items: u64,
-    /// The epoch of the last fenced sweep round.
-    pub last_epoch: u64,
-    /// Rounds of unfenced sweeps (self-sweep mode).
-    pub self_sweeps: u64,
-}
+/// The sweeper runs at least this often, so an expired lease with waiters is handed
+/// on within this long even when nobody touches it.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most items of each kind one sweep call handles per bucket (bounds script time).
+const SWEEP_LIMIT: usize = 500;
 
 /// One round of sweeps over every bucket.
 struct Round {
@@ -118,19 +68,14 @@ impl Inner {
     /// Raises every bucket's fence to `epoch`. `Ok(None)` when all are fenced;
     /// `Ok(Some(higher))` when a bucket has seen a higher epoch (its fence).
     pub(crate) async fn fence_all(&self, epoch: u64) -> Result<Option<u64>, BackendError> {
-        let e = epoch.to_string();
-        let args = [e.as_str()];
-        let replies = join_all(
-            (0..BUCKETS).map(|b| self.run::<FenceReply>(&self.scripts.fence, b, &args, true)),
-        )
-        .await;
+        let args = FenceArgs { epoch };
+        let replies = join_all((0..BUCKETS).map(|b| self.run(b, &args))).await;
         let mut higher: Option<u64> = None;
         let mut refused = 0;
         for r in replies {
-            let r = r?;
-            if r.body.r == "stale" {
+            if let FenceReply::Stale { fence } = r?.body {
                 refused += 1;
-                higher = Some(higher.unwrap_or(0).max(r.body.fence.0));
+                higher = Some(higher.unwrap_or(0).max(fence.0));
             }
         }
         if let Some(h) = higher {
@@ -145,7 +90,6 @@ impl Inner {
     /// One sweep of every bucket, fenced by `leader` when given. A stale refusal
     /// turns the role from that leader into `Follower`.
     async fn sweep_all(&self, leader: Option<&LeaderAuthority>) -> Round {
-        let epoch = leader.map(|a| a.epoch.to_string()).unwrap_or_default();
         let dead = match leader {
             Some(a) if !a.dead_nodes.is_empty() => {
                 // How long ago each was declared dead, as of this sweep (µs).
@@ -161,11 +105,12 @@ impl Inner {
             }
             _ => String::new(),
         };
-        let args = [SWEEP_LIMIT, epoch.as_str(), dead.as_str()];
-        let results = join_all(
-            (0..BUCKETS).map(|b| self.run::<SweepReply>(&self.scripts.sweep, b, &args, true)),
-        )
-        .await;
+        let args = SweepArgs {
+            limit: SWEEP_LIMIT,
+            epoch: leader.map(|a| a.epoch),
+            dead: &dead,
+        };
+        let results = join_all((0..BUCKETS).map(|b| self.run(b, &args))).await;
         let mut round = Round {
             next: None,
             now: Timestamp::ZERO,

@@ -24,9 +24,10 @@ use redis::{PushInfo, PushKind, Value};
 use tflock_core::BackendError;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use crate::Inner;
+use crate::backend::Inner;
 use crate::conn::EventsConn;
 use crate::keys::BUCKETS;
+use crate::options::EventChannels;
 use crate::reply::Published;
 
 /// How many message ids are remembered for de-duplication.
@@ -37,27 +38,6 @@ const CHECK: Duration = Duration::from_secs(2);
 /// How often a cluster connection subscribes again to every bucket's channel
 /// (idempotent), in case a failover lost a subscription.
 const RESUBSCRIBE: Duration = Duration::from_secs(10);
-
-/// Where events are published.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventChannels {
-    /// Not published (other servers' events are not received either).
-    Off,
-    /// Classic pub/sub on one channel `<key_prefix>events`.
-    Classic,
-    /// Sharded pub/sub, one channel per bucket `P{b:NN}:events`.
-    Sharded,
-}
-
-impl EventChannels {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventChannels::Off => "off",
-            EventChannels::Classic => "classic",
-            EventChannels::Sharded => "sharded",
-        }
-    }
-}
 
 /// Message ids seen lately.
 struct Seen {

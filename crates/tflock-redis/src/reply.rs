@@ -172,6 +172,11 @@ impl RawLock {
     }
 }
 
+/// Locks as the scripts show them, into the core's.
+pub fn into_locks(raw: Vec<RawLock>) -> Result<Vec<Lock>, BackendError> {
+    raw.into_iter().map(RawLock::into_lock).collect()
+}
+
 /// A queue entry as stored.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RawEntry {
@@ -279,30 +284,78 @@ impl RawAnswer {
     }
 }
 
-/// try_lock.lua's reply.
+/// try_lock.lua's reply: its outcome (`r`) and what it found of the bucket's
+/// generation marker.
 #[derive(Debug, Deserialize)]
 pub struct TryLockReply {
-    pub r: String,
-    #[serde(default)]
-    pub a: Option<RawAnswer>,
-    /// A new grant to this caller: with `min_replicas_ack` it is rolled back when
-    /// `WAIT` does not confirm it.
-    #[serde(default)]
-    pub fresh: bool,
-    /// The call changed the live lease (a re-lock): with `min_replicas_ack` it is
-    /// reported only once `WAIT` confirms it (it cannot be rolled back).
-    #[serde(default)]
-    pub chg: bool,
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    pub dl: Option<Num>,
-    /// `delay`: the lock_delay after a data loss runs until this instant (µs).
-    #[serde(default)]
-    pub hold: Option<Num>,
+    #[serde(flatten)]
+    pub outcome: TryLockOutcome,
     /// `missing`: this call found the bucket's generation marker gone (a data loss).
     #[serde(default)]
     pub lost: Option<String>,
+}
+
+/// try_lock.lua's outcomes, by `r`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "r")]
+pub enum TryLockOutcome {
+    /// `ans`: the answer.
+    #[serde(rename = "ans")]
+    Answer {
+        a: RawAnswer,
+        /// A new grant to this caller: with `min_replicas_ack` it is rolled back when
+        /// `WAIT` does not confirm it.
+        #[serde(default)]
+        fresh: bool,
+        /// The call changed the live lease (a re-lock) or renewed a reservation's
+        /// deadline: with `min_replicas_ack` it is reported only once `WAIT`
+        /// confirms it (it cannot be rolled back).
+        #[serde(default)]
+        chg: bool,
+    },
+    /// `wait`: queued as a waiter (or a retry of a call that still waits): the
+    /// entry's id and deadline.
+    #[serde(rename = "wait")]
+    Wait {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        dl: Num,
+    },
+    /// `full`: the queue is full.
+    #[serde(rename = "full")]
+    Full,
+    /// `retry`: no queue, but retries are enabled: the client retries.
+    #[serde(rename = "retry")]
+    Retry,
+    /// `refused`: waiting needs a queue or retries.
+    #[serde(rename = "refused")]
+    Refused,
+    /// `delay`: the lock_delay after a data loss runs until `hold` (µs); nothing
+    /// was changed.
+    #[serde(rename = "delay")]
+    Delay {
+        #[serde(default)]
+        hold: Num,
+    },
+}
+
+/// wait_end.lua's reply, by `r`.
+// Decoded once per call and taken apart at once: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Deserialize)]
+#[serde(tag = "r")]
+pub enum WaitEndReply {
+    /// `queued`: keep waiting.
+    #[serde(rename = "queued")]
+    Queued,
+    /// `ans`: the answer; `fresh` when this call confirmed a grant.
+    #[serde(rename = "ans")]
+    Answer {
+        a: RawAnswer,
+        #[serde(default)]
+        fresh: bool,
+    },
 }
 
 /// generation.lua's reply: the bucket's generation marker as this call left it.
@@ -321,41 +374,84 @@ pub struct GenerationReply {
     pub hold: Num,
 }
 
-/// unlock.lua's reply.
+/// unlock.lua's reply, by `r`.
+// Decoded once per call and taken apart at once: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Deserialize)]
-pub struct UnlockReply {
-    pub r: String,
-    #[serde(default)]
-    pub released: Option<RawLock>,
-    #[serde(default)]
-    pub to: Option<RawEntryView>,
-    /// `changed`: the fencing token the lock is held with.
-    #[serde(default)]
-    pub cur: Option<Num>,
+#[serde(tag = "r")]
+pub enum UnlockReply {
+    /// `nf`: not locked.
+    #[serde(rename = "nf")]
+    NotFound,
+    /// `no`: held under another lease.
+    #[serde(rename = "no")]
+    NotOwner,
+    /// `changed`: held with another token, `cur`.
+    #[serde(rename = "changed")]
+    Changed {
+        #[serde(default)]
+        cur: Num,
+    },
+    /// `ok`: the ended lock (public) and the entry it went to.
+    #[serde(rename = "ok")]
+    Released {
+        released: RawLock,
+        #[serde(default)]
+        to: Option<RawEntryView>,
+    },
 }
 
-/// Replies with `r` and an optional lock (refresh, transfer).
+/// refresh.lua's reply, by `r`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "r")]
+pub enum RefreshReply {
+    /// `ok`: the refreshed lock.
+    #[serde(rename = "ok")]
+    Refreshed { lock: RawLock },
+    /// `lost`: no such lease.
+    #[serde(rename = "lost")]
+    Lost,
+}
+
+/// transfer.lua's reply, by `r`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "r")]
+pub enum TransferReply {
+    /// `ok`: the transferred lock (with the new lease).
+    #[serde(rename = "ok")]
+    Transferred { lock: RawLock },
+    /// `nf`: not locked.
+    #[serde(rename = "nf")]
+    NotFound,
+    /// `lost`: held under another lease.
+    #[serde(rename = "lost")]
+    Lost,
+}
+
+/// get_lock.lua's reply: the lock, if any.
 #[derive(Debug, Deserialize)]
 pub struct LockReply {
-    #[serde(default)]
-    pub r: String,
     #[serde(default)]
     pub lock: Option<RawLock>,
 }
 
-/// Replies with only `r` (abandon, rollback).
+/// Replies with only `r` (abandon, rollback); nobody reads it.
 #[derive(Debug, Deserialize)]
 pub struct StatusReply {
     #[serde(default)]
     pub r: String,
 }
 
-/// cancel.lua's reply.
+/// cancel.lua's reply, by `r`.
 #[derive(Debug, Deserialize)]
-pub struct CancelReply {
-    pub r: String,
-    #[serde(default)]
-    pub entry: Option<RawEntryView>,
+#[serde(tag = "r")]
+pub enum CancelReply {
+    /// `nf`: no such entry (here, or in the expected queue).
+    #[serde(rename = "nf")]
+    NotFound,
+    /// `ok`: the removed entry's view (its position before the removal).
+    #[serde(rename = "ok")]
+    Cancelled { entry: RawEntryView },
 }
 
 /// unlock_pull.lua's reply.
@@ -383,12 +479,16 @@ pub struct SweepReply {
     pub fence: Num,
 }
 
-/// fence.lua's reply.
+/// fence.lua's reply, by `r`: the bucket's fence either way.
 #[derive(Debug, Deserialize)]
-pub struct FenceReply {
-    /// `ok` or `stale`.
-    pub r: String,
-    pub fence: Num,
+#[serde(tag = "r")]
+pub enum FenceReply {
+    /// `ok`: fenced for this epoch.
+    #[serde(rename = "ok")]
+    Fenced { fence: Num },
+    /// `stale`: a higher epoch has acted here.
+    #[serde(rename = "stale")]
+    Stale { fence: Num },
 }
 
 /// A message another backend published with its script's events (see
@@ -521,5 +621,54 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.body.next, Num(1_795_000_000_123_457));
+    }
+
+    #[test]
+    fn try_lock_outcomes_decode_by_tag() {
+        let r: Reply<TryLockReply> =
+            decode("t", r#"{"r":"full","ev":{},"ho":0,"now":"1"}"#).unwrap();
+        assert!(matches!(r.body.outcome, TryLockOutcome::Full) && r.body.lost.is_none());
+        let r: Reply<TryLockReply> = decode(
+            "t",
+            r#"{"r":"delay","hold":"1795000000123457","lost":"missing","ev":{},"ho":0,"now":"1"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            r.body.outcome,
+            TryLockOutcome::Delay {
+                hold: Num(1_795_000_000_123_457)
+            }
+        ));
+        assert_eq!(r.body.lost.as_deref(), Some("missing"));
+        let r: Reply<TryLockReply> = decode(
+            "t",
+            r#"{"r":"ans","a":{"acq":false,"reason":"held"},"fresh":false,"chg":false,"lost":"missing","ev":[],"ho":2,"now":"1"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            r.body.outcome,
+            TryLockOutcome::Answer {
+                fresh: false,
+                chg: false,
+                ..
+            }
+        ));
+        assert_eq!((r.body.lost.as_deref(), r.ho), (Some("missing"), 2));
+        let r: Reply<TryLockReply> = decode(
+            "t",
+            r#"{"r":"wait","id":"0a","dl":"5","ev":{},"ho":0,"now":"1"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            r.body.outcome,
+            TryLockOutcome::Wait { id: Some(ref id), dl: Num(5) } if id == "0a"
+        ));
+        assert!(decode::<TryLockReply>("t", r#"{"r":"what","now":"1"}"#).is_err());
+        let r: Reply<UnlockReply> =
+            decode("t", r#"{"r":"changed","cur":"9","ev":{},"ho":0,"now":"1"}"#).unwrap();
+        assert!(matches!(r.body, UnlockReply::Changed { cur: Num(9) }));
+        let r: Reply<WaitEndReply> =
+            decode("t", r#"{"r":"queued","ev":{},"ho":0,"now":"1"}"#).unwrap();
+        assert!(matches!(r.body, WaitEndReply::Queued));
     }
 }

@@ -37,7 +37,7 @@ use futures::StreamExt;
 use redis::{Client, ConnectionAddr};
 use tokio::time::timeout;
 
-use crate::Inner;
+use crate::backend::Inner;
 use crate::conn::Connector;
 
 const CHANNEL: &str = "+switch-master";
