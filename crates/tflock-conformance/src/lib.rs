@@ -85,6 +85,7 @@ macro_rules! __with_cases {
             reservation_expires_at_its_deadline,
             reservation_retry_renews_its_deadline,
             reservation_under_another_request_id_renews_it,
+            reservation_renewal_raises_its_grant_ttl,
             queue_full_at_max_queue_size,
             without_queue_wait_retries_until_released,
             without_queue_wait_times_out_at_its_deadline,

@@ -520,7 +520,7 @@ impl State {
                         .get(&placed.entry_id)
                         .is_some_and(|k| *k == key)
                     {
-                        self.renew_reservation(&key, &placed.entry_id, req, ctx);
+                        self.renew_reservation(&key, &placed.entry_id, req, ttl, ctx);
                         let position = self.position(&key, &placed.entry_id, ctx);
                         return Decision::Answer(Box::new(LockResponse {
                             acquired: false,
@@ -560,7 +560,7 @@ impl State {
                     .map(|e| e.entry_id.clone())
             });
             if let Some(entry_id) = queued {
-                self.renew_reservation(&key, &entry_id, req, ctx);
+                self.renew_reservation(&key, &entry_id, req, ttl, ctx);
                 let position = self.position(&key, &entry_id, ctx);
                 return Decision::Answer(Box::new(LockResponse {
                     acquired: false,
@@ -687,7 +687,7 @@ impl State {
                         .map(|e| e.entry_id.clone())
                     {
                         if req.request_id.is_some() {
-                            self.renew_reservation(&key, &entry_id, req, ctx);
+                            self.renew_reservation(&key, &entry_id, req, ttl, ctx);
                         }
                         let position = self.position(&key, &entry_id, ctx);
                         let response = LockResponse {
@@ -772,6 +772,7 @@ impl State {
         key: &str,
         entry_id: &str,
         req: &tflock_core::LockRequest,
+        ttl: Duration,
         ctx: &Ctx,
     ) {
         if !req.reserve {
@@ -785,10 +786,14 @@ impl State {
         else {
             return;
         };
-        if entry.kind != EntryKind::Reservation || until <= entry.deadline {
+        if entry.kind != EntryKind::Reservation || (until <= entry.deadline && ttl <= entry.ttl) {
             return;
         }
-        entry.deadline = until;
+        // The renewal also raises the TTL the grant will get: a place first taken for a
+        // short while (a Terraform client's first LOCK, which may never come back) is
+        // granted only for that while unless its owner came back for it.
+        entry.deadline = entry.deadline.max(until);
+        entry.ttl = entry.ttl.max(ttl);
         // Persisted like any change, and the sweeper's due time follows.
         self.touch(key);
     }

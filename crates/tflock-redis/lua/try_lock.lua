@@ -79,8 +79,14 @@ local function renew(id)
   if not raw then return false end
   local e = cjson.decode(raw)
   local dl = tonumber(e.dl)
-  if e.kind ~= 'r' or dl <= NOW or NOW + span <= dl then return false end
-  e.dl = fmt(NOW + span)
+  if e.kind ~= 'r' or dl <= NOW then return false end
+  -- The renewal also raises the TTL the grant will get (a place first taken for a
+  -- short while is granted only for that while unless its owner came back for it).
+  local longer = NOW + span > dl
+  local more_ttl = ttl > tonumber(e.ttl)
+  if not longer and not more_ttl then return false end
+  if longer then e.dl = fmt(NOW + span) end
+  if more_ttl then e.ttl = fmt(ttl) end
   redis.call('HSET', k_entries(sk), id, cjson.encode(e))
   redis.call('ZADD', K_EDL, e.dl, id)
   return true

@@ -925,3 +925,52 @@ pub async fn without_queue_wait_is_refused_when_retries_are_off<H: Harness + ?Si
         expect_not_acquired("no wait", fx.backend.try_lock(request(&r, "o/r#3")).await);
     assert_eq!(plain.reason, Some(NotAcquiredReason::Held));
 }
+
+/// A reservation's renewal also raises the TTL its grant will get to the retry's: a
+/// place first taken for a short while (a client that may never come back) is granted
+/// only for that while, unless its owner came back for it.
+pub async fn reservation_renewal_raises_its_grant_ttl<H: Harness + ?Sized>(harness: &H) {
+    let mut fx = Fixture::default(harness).await;
+    let short = Duration::from_secs(4);
+    let long = Duration::from_secs(20);
+    // Renewed with a longer ttl: granted with it.
+    let r = resource("o/renew-ttl");
+    let holder = fx.lock(request(&r, "o/renew-ttl#1")).await;
+    let req = request(&r, "o/renew-ttl#2")
+        .with_wait(short)
+        .with_ttl(short)
+        .with_request_id("rid-renew-ttl")
+        .reserving();
+    expect_not_acquired("the reservation", fx.backend.try_lock(req.clone()).await);
+    fx.advance(Duration::from_secs(1));
+    let renewal = req.clone().with_wait(long).with_ttl(long);
+    expect_not_acquired("its renewal", fx.backend.try_lock(renewal).await);
+    fx.unlock(&holder).await;
+    let granted = fx
+        .backend
+        .get_lock(&r)
+        .await
+        .expect("get")
+        .expect("granted on");
+    assert_eq!(granted.owner.owner, "o/renew-ttl#2");
+    assert_eq!(granted.ttl, long, "granted with the renewal's ttl");
+    // Never renewed: granted with its own short ttl.
+    let r = resource("o/short-ttl");
+    let holder = fx.lock(request(&r, "o/short-ttl#1")).await;
+    let req = request(&r, "o/short-ttl#2")
+        .with_wait(short)
+        .with_ttl(short)
+        .with_request_id("rid-short-ttl")
+        .reserving();
+    expect_not_acquired("the reservation", fx.backend.try_lock(req).await);
+    fx.advance(Duration::from_secs(1));
+    fx.unlock(&holder).await;
+    let granted = fx
+        .backend
+        .get_lock(&r)
+        .await
+        .expect("get")
+        .expect("granted on");
+    assert_eq!(granted.ttl, short, "granted with its own ttl");
+    assert_eq!(granted.expires_at, fx.now().add(short));
+}

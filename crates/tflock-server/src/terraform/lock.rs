@@ -42,10 +42,10 @@ const MAX_CHAIN: u32 = 16;
 /// event missed by a server that lost its event stream.
 const RECHECK: Duration = Duration::from_secs(5);
 
-/// The lifetime of the reservation a client's *first* LOCK leaves. Terraform's next
-/// poll comes 1 s later and renews it to `queue_grace`; a client that asked once
-/// (`-lock-timeout=0`, Terraform's default) is gone, and its reservation with it,
-/// before it can hold up the queue.
+/// The lifetime of the reservation a client's *first* LOCK leaves, and of the grant it
+/// gets if the lock frees meanwhile. Terraform's next poll comes 1 s later and renews
+/// both to `queue_grace`; a client that asked once (`-lock-timeout=0`, Terraform's
+/// default) is gone, and holds up the queue for at most this long.
 const FIRST_WINDOW: Duration = Duration::from_secs(4);
 
 /// A LOCK whose reservation has waited this long was made by an earlier LOCK of the
@@ -289,18 +289,21 @@ async fn lock(
         .min(cfg.queue_grace / 3)
         .max(Duration::from_millis(200));
     loop {
+        // The grant a reservation gets lives as long as its place does: a place only
+        // ever asked for once (FIRST_WINDOW) is granted for that while, so a client
+        // that is gone holds up the queue for seconds, not queue_grace.
+        let window = if repeated || !cfg.fair_queue {
+            cfg.queue_grace
+        } else {
+            FIRST_WINDOW.min(cfg.queue_grace)
+        };
         let mut request = LockRequest::new(resource.clone(), owner.owner.clone())
             .with_priority(priority)
-            .with_ttl(cfg.queue_grace)
+            .with_ttl(window)
             .with_request_id(ids.request_id(chain));
         request.owner = owner.clone();
         if cfg.fair_queue {
             request.reserve = true;
-            let window = if repeated {
-                cfg.queue_grace
-            } else {
-                FIRST_WINDOW.min(cfg.queue_grace)
-            };
             request.wait = Some(WaitSpec::For(window));
         }
         let answer = match backend.try_lock(request).await {
