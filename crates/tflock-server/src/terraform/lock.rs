@@ -93,7 +93,11 @@ impl std::fmt::Debug for LockInfo {
 impl LockInfo {
     /// Parses and checks a LockInfo body, naming the field at fault.
     pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
-        let info: LockInfo = crate::extract::parse_json(bytes)?;
+        let info: LockInfo = crate::extract::parse_json(bytes).map_err(|mut e| {
+            // Not JSON at all: the body is at fault.
+            e.field.get_or_insert_with(|| "body".to_string());
+            e
+        })?;
         if info.id.is_empty() || info.id.len() > 256 || info.id.chars().any(char::is_control) {
             return Err(ApiError::invalid(
                 "ID",
@@ -306,9 +310,26 @@ async fn lock(
             request.reserve = true;
             request.wait = Some(WaitSpec::For(window));
         }
-        let answer = match backend.try_lock(request).await {
+        // Timed and counted like the API's acquires (`tflock_operations_total`,
+        // operation `terraform_lock`).
+        let op = crate::api::Op::start(state, "terraform_lock");
+        let result = backend.try_lock(request).await;
+        let full = match &result {
+            Err(TryLockError::QueueFull { max }) => Some(*max),
+            _ => None,
+        };
+        let answer = match op.finish(result, |a| {
+            if a.acquired {
+                "acquired"
+            } else if a.queue.is_some() {
+                "queued"
+            } else {
+                "not_acquired"
+            }
+        }) {
             Ok(a) => a,
-            Err(TryLockError::QueueFull { max }) => {
+            Err(_) if full.is_some() => {
+                let max = full.unwrap_or_default();
                 return Ok(locked_answer(
                     state,
                     name,
@@ -320,7 +341,7 @@ async fn lock(
                 )
                 .await);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         if answer.acquired {
             let lock = answer.lock.ok_or_else(|| {

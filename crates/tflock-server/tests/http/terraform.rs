@@ -563,8 +563,8 @@ async fn bad_input_is_refused_and_changes_nothing(store: Store) {
     )
     .await;
     assert_eq!(
-        not_json.status,
-        StatusCode::BAD_REQUEST,
+        (not_json.status, field(&not_json)),
+        (StatusCode::BAD_REQUEST, "body".to_string()),
         "{}",
         not_json.text
     );
@@ -981,7 +981,46 @@ async fn odd_but_valid_lock_infos(store: Store) {
     s.shutdown().await;
 }
 
+/// A state lock is a tflock lock: evented, on the web page, in the lock list and in
+/// the metrics like any other.
+async fn a_state_lock_is_shown_like_any_lock(store: Store) {
+    let s = start(store, Tf::default()).await;
+    let mut events = s.backend.subscribe();
+    assert_eq!(lock(&s, "team/shown", "shown").await.status, StatusCode::OK);
+    let event = tokio::time::timeout(crate::common::EVENTUALLY, async {
+        loop {
+            let e = events.recv().await.expect("event");
+            if e.resource.path == "team/shown" {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("an event for the state lock");
+    assert_eq!(event.event, tflock_core::EventKind::LockAcquired);
+    assert_eq!(event.resource.repo, "tflock:terraform/state");
+    let page = send(&s, "GET", "/", None, None, Auth::None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.text.contains("team/shown"),
+        "the web page lists the state lock"
+    );
+    let (_, list) = s.get("/api/v1/locks").await;
+    assert!(list.to_string().contains("team/shown"), "{list}");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tflock_operations_total")
+                && l.contains("operation=\"terraform_lock\"")
+                && l.contains("outcome=\"acquired\"")),
+        "{metrics}"
+    );
+    s.shutdown().await;
+}
+
 crate::on_both_backends!(
+    a_state_lock_is_shown_like_any_lock,
     a_client_that_asked_once_does_not_hold_up_the_queue,
     a_retried_unlock_is_answered_200_and_changes_nothing,
     odd_but_valid_lock_infos,
