@@ -1003,11 +1003,41 @@ pub fn render(r: &Results, previous: &str, plots: &str, files: &[String]) -> Str
         o,
         "Raw results of this run: [`results.json`]({plots}/results.json)."
     );
+    // Sections other tools write (scripts/bench-http, scripts/bench-terraform) are
+    // carried over as they are, so a run of this generator never drops them.
+    for name in WRITTEN_ELSEWHERE {
+        if let Some(block) = written_elsewhere(previous, name) {
+            let _ = writeln!(o, "\n{block}");
+        }
+    }
     o
+}
+
+/// Sections of the report written by other tools, between `<!-- NAME:begin -->` and
+/// `<!-- NAME:end -->`.
+const WRITTEN_ELSEWHERE: [&str; 2] = ["bench-http", "bench-terraform"];
+
+/// The block `name` of `previous` written by another tool, markers included.
+fn written_elsewhere(previous: &str, name: &str) -> Option<String> {
+    let open = format!("<!-- {name}:begin -->");
+    let close = format!("<!-- {name}:end -->");
+    let start = previous.find(&open)?;
+    let end = start + previous[start..].find(&close)? + close.len();
+    Some(previous[start..end].to_string())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sections_written_elsewhere_are_carried_over() {
+        let prev = "a\n<!-- bench-http:begin -->\n## HTTP\nfigures\n<!-- bench-http:end -->\nb";
+        assert_eq!(
+            written_elsewhere(prev, "bench-http").as_deref(),
+            Some("<!-- bench-http:begin -->\n## HTTP\nfigures\n<!-- bench-http:end -->")
+        );
+        assert_eq!(written_elsewhere(prev, "bench-terraform"), None);
+    }
+
     use super::*;
 
     #[test]
