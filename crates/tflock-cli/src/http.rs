@@ -283,7 +283,8 @@ async fn read_events(rb: reqwest::RequestBuilder, tx: broadcast::Sender<LockEven
     }
 }
 
-fn describe_reqwest(e: &reqwest::Error) -> String {
+/// A reqwest error with its causes, once each ("connection failed: ...").
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     let mut s = if e.is_timeout() {
         "timed out".to_string()

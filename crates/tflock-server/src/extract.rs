@@ -72,21 +72,34 @@ async fn read_json<T: DeserializeOwned>(
             "the body must be JSON, sent with 'Content-Type: application/json'",
         ));
     }
-    let declared = req
-        .headers()
+    let (parts, body) = req.into_parts();
+    let bytes = read_limited(&parts.headers, body, limit, too_large(limit)).await?;
+    check_json_depth(&bytes, depth)?;
+    parse_json(&bytes)
+}
+
+/// Reads a body of at most `limit` bytes, refused as `too_large` from its
+/// `Content-Length` before reading when that is already too big, or as soon as more
+/// arrives.
+pub(crate) async fn read_limited(
+    headers: &header::HeaderMap,
+    body: Body,
+    limit: usize,
+    too_large: ApiError,
+) -> Result<axum::body::Bytes, ApiError> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large(limit));
+        return Err(too_large);
     }
-    let body: Body = req.into_body();
-    let bytes = Limited::new(body, limit)
+    Ok(Limited::new(body, limit)
         .collect()
         .await
         .map_err(|e| {
             if e.downcast_ref::<LengthLimitError>().is_some() {
-                too_large(limit)
+                too_large
             } else {
                 ApiError::new(
                     tflock_core::ErrorCode::InvalidRequest,
@@ -94,12 +107,11 @@ async fn read_json<T: DeserializeOwned>(
                 )
             }
         })?
-        .to_bytes();
-    check_json_depth(&bytes, depth)?;
-    parse_json(&bytes)
+        .to_bytes())
 }
 
-fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+/// Whether a `Content-Type` is JSON (`application/json` or `application/*+json`).
+pub(crate) fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };

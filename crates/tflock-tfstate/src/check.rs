@@ -154,6 +154,16 @@ pub(crate) fn history(
 /// The document with its top-level `serial` set to `serial`, every other byte as it
 /// was (whitespace, key order, number formatting): a rollback must restore the old
 /// state exactly, and a re-serialised document would not be.
+/// The serial a rollback writes: one above the highest stored, refused (not wrapped)
+/// at the top of the range.
+pub(crate) fn next_serial(highest: u64) -> Result<u64, WriteError> {
+    highest.checked_add(1).ok_or_else(|| {
+        WriteError::InvalidState(
+            "the highest serial stored is the largest there is: no serial above it".into(),
+        )
+    })
+}
+
 pub(crate) fn rewrite_serial(body: &[u8], serial: u64) -> Result<Vec<u8>, WriteError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| WriteError::InvalidState("the state must be UTF-8 JSON".into()))?;

@@ -523,16 +523,7 @@ impl StateStore for EmbeddedStates {
             let Some(source) = source else {
                 return Err(WriteError::NotFound);
             };
-            let serial = row
-                .max_serial
-                .unwrap_or(source.serial)
-                .checked_add(1)
-                .ok_or_else(|| {
-                    WriteError::InvalidState(
-                        "the highest serial stored is the largest there is: no serial above it"
-                            .into(),
-                    )
-                })?;
+            let serial = check::next_serial(row.max_serial.unwrap_or(source.serial))?;
             let body = check::rewrite_serial(&t.body(version)?, serial)?;
             check::check_size(body.len(), options.max_state_bytes)?;
             let meta = VersionMeta {

@@ -501,11 +501,7 @@ impl StateStore for RedisStates {
                 (ReadReply::Source { meta, max_serial }, body) => (meta, max_serial, body),
                 _ => return Err(self.after_guard(name, &guard, WriteError::NotFound).await),
             };
-            let serial = number_w(&max_serial)?.checked_add(1).ok_or_else(|| {
-                WriteError::InvalidState(
-                    "the highest serial stored is the largest there is: no serial above it".into(),
-                )
-            })?;
+            let serial = check::next_serial(number_w(&max_serial)?)?;
             let rewritten = check::rewrite_serial(&body, serial)
                 .and_then(|b| check::check_size(b.len(), self.options.max_state_bytes).map(|()| b));
             let rewritten = match rewritten {

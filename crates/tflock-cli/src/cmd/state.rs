@@ -154,7 +154,7 @@ impl Client {
             Failure::unavailable(format!(
                 "cannot reach the tflock server at {}: {}. {ONLY_SERVER}",
                 self.base,
-                describe(&e)
+                crate::http::describe_reqwest(&e)
             ))
         })?;
         let status = resp.status();
@@ -163,7 +163,7 @@ impl Client {
             Failure::unavailable(format!(
                 "the tflock server at {} broke off its answer to {what}: {}",
                 self.base,
-                describe(&e)
+                crate::http::describe_reqwest(&e)
             ))
         })?;
         if status.is_success() {
@@ -240,27 +240,6 @@ fn refusal(base: &str, what: &str, status: StatusCode, bytes: &[u8]) -> Failure 
             "{base} answered {what} with {status} and no tflock error (is it a tflock server?)"
         )),
     }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut s = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "connection failed".to_string()
-    } else {
-        e.to_string()
-    };
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 /// `/tf/` + the name, each segment percent-encoded, its slashes kept.

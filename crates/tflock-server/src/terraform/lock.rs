@@ -203,35 +203,21 @@ pub(super) fn method_not_allowed(method: &str, path: &str, allowed: &'static str
     .with_status(StatusCode::METHOD_NOT_ALLOWED)
 }
 
-/// LOCK: decode, authenticate, then [`lock`].
-pub(super) async fn lock_request(
-    state: &AppState,
-    raw_name: &str,
-    req: axum::extract::Request,
-) -> Result<Response, ApiError> {
-    let cfg = config(state)?;
-    let (parts, body) = req.into_parts();
-    super::state::caller(&parts, state, true)?;
-    let name = state_name(raw_name)?;
-    let priority = priority_of(&parts)?;
-    let bytes = super::state::read_body(&parts, body, state.limits().max_body_bytes as u64).await?;
-    if bytes.is_empty() {
-        return Err(ApiError::invalid(
-            "body",
-            "LOCK needs the LockInfo JSON body",
-        ));
-    }
-    let info = LockInfo::parse(&bytes)?;
-    lock(state, cfg, &name, &info, priority).await
+/// A LOCK or UNLOCK request, authenticated and read: the caller's role, the state
+/// name, the request head and the LockInfo (`None` for an empty body).
+struct LockCall {
+    role: Role,
+    name: StateName,
+    parts: axum::http::request::Parts,
+    info: Option<LockInfo>,
 }
 
-/// UNLOCK: decode, authenticate, then [`unlock`].
-pub(super) async fn unlock_request(
+/// Authenticates before reading anything else, then reads the name and the body.
+async fn lock_call(
     state: &AppState,
     raw_name: &str,
     req: axum::extract::Request,
-) -> Result<Response, ApiError> {
-    let cfg = config(state)?;
+) -> Result<LockCall, ApiError> {
     let (parts, body) = req.into_parts();
     let role = super::state::caller(&parts, state, true)?;
     let name = state_name(raw_name)?;
@@ -241,7 +227,41 @@ pub(super) async fn unlock_request(
     } else {
         Some(LockInfo::parse(&bytes)?)
     };
-    unlock(state, cfg, role, &name, info).await
+    Ok(LockCall {
+        role,
+        name,
+        parts,
+        info,
+    })
+}
+
+/// LOCK: [`lock_call`], then [`lock`].
+pub(super) async fn lock_request(
+    state: &AppState,
+    raw_name: &str,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let cfg = config(state)?;
+    let call = lock_call(state, raw_name, req).await?;
+    let priority = priority_of(&call.parts)?;
+    let Some(info) = call.info else {
+        return Err(ApiError::invalid(
+            "body",
+            "LOCK needs the LockInfo JSON body",
+        ));
+    };
+    lock(state, cfg, &call.name, &info, priority).await
+}
+
+/// UNLOCK: [`lock_call`], then [`unlock`].
+pub(super) async fn unlock_request(
+    state: &AppState,
+    raw_name: &str,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let cfg = config(state)?;
+    let call = lock_call(state, raw_name, req).await?;
+    unlock(state, cfg, call.role, &call.name, call.info).await
 }
 
 /// The priority of a LOCK: `?priority=` on the lock address (Terraform keeps the

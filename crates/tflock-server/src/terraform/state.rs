@@ -16,7 +16,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use tflock_tfstate::{Guard, StateName, StateSummary, VersionMeta, Write, WriteError};
@@ -25,7 +24,7 @@ use super::lock::{self, locked_answer, require_admin, unknown_state};
 use super::{LockIds, TerraformConfig, config, now_ms, resource, state_name};
 use crate::auth::{Role, role_of};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, is_json, read_limited};
 use crate::state::AppState;
 
 /// `/tf/{name}`: every method of the http backend's one address.
@@ -73,56 +72,22 @@ pub(super) fn caller(parts: &Parts, state: &AppState, changes: bool) -> Result<R
 /// Terraform sends it): a browser cannot send that cross-site without a preflight, so
 /// a loopback server without tokens stays safe from web pages.
 pub(super) async fn read_body(parts: &Parts, body: Body, limit: u64) -> Result<Vec<u8>, ApiError> {
-    let too_large = |limit: u64| {
-        ApiError::new(
-            tflock_core::ErrorCode::InvalidRequest,
-            format!("the body is larger than {limit} bytes (enhanced_locking.terraform.max_state_bytes for states)"),
-        )
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-    };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large(limit));
+    let too_large = ApiError::new(
+        tflock_core::ErrorCode::InvalidRequest,
+        format!(
+            "the body is larger than {limit} bytes (enhanced_locking.terraform.max_state_bytes for states)"
+        ),
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let bytes = read_limited(&parts.headers, body, limit, too_large).await?;
+    if !bytes.is_empty() && !is_json(parts.headers.get(header::CONTENT_TYPE)) {
+        return Err(ApiError::invalid(
+            "content-type",
+            "the body must be sent with 'Content-Type: application/json'",
+        ));
     }
-    let bytes = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                too_large(limit)
-            } else {
-                ApiError::invalid("body", format!("could not read the request body: {e}"))
-            }
-        })?
-        .to_bytes()
-        .to_vec();
-    if !bytes.is_empty() {
-        let json = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .is_some_and(|t| {
-                t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
-            });
-        if !json {
-            return Err(ApiError::invalid(
-                "content-type",
-                "the body must be sent with 'Content-Type: application/json'",
-            ));
-        }
-    }
-    Ok(bytes)
+    Ok(bytes.to_vec())
 }
 
 /// The query of a state address.
