@@ -78,9 +78,7 @@ for _, e in ipairs(entries) do
   if redis.call('HEXISTS', K_EIDX, e.id) == 0 and tonumber(e.dl) > NOW then
     r.queued = r.queued + 1
     if not dry then
-      redis.call('HSET', k_entries(sk), e.id, cjson.encode(e))
-      redis.call('ZADD', k_lane(e.prio, sk), e.enq, e.id)
-      redis.call('HSET', K_EIDX, e.id, sk)
+      add_entry(sk, e)
       redis.call('ZADD', K_EDL, e.dl, e.id)
       redis.call('ZADD', K_IDX, 0, sk)
       emit('queue.entered', sk, e.owner, nil, e.id)

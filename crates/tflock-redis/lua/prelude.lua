@@ -65,6 +65,7 @@ local function k_lock(sk) return P .. 'lock:' .. sk end
 local function k_token(sk) return P .. 'token:' .. sk end
 local function k_lane(p, sk) return P .. 'q' .. p .. ':' .. sk end
 local function k_entries(sk) return P .. 'entries:' .. sk end
+local function k_ix(sk) return P .. 'ix:' .. sk end
 local function k_wake(id) return P .. 'wake:' .. id end
 
 -- A waiter's confirmation records the entry (`cent`) and the claim's expiry (`cexp`)
@@ -142,21 +143,106 @@ local function all_entries(sk)
   return out
 end
 
--- 1-based place of entry `id` in the grant order of its resource's queue.
-local function position(sk, id)
-  local all = all_entries(sk)
-  local me
-  for _, e in ipairs(all) do
-    if e.id == id then me = { id = e.id, prio = tonumber(e.prio), enq = tonumber(e.enq) } end
-  end
-  if not me then return 0 end
-  local pos = 1
-  for _, e in ipairs(all) do
-    if e.id ~= id and before({ id = e.id, prio = tonumber(e.prio), enq = tonumber(e.enq) }, me) then
-      pos = pos + 1
+-- How many entries of lane `lane` (base priority) have an effective priority of at
+-- least `v`: effective() is min(lane + steps, lane + MAXBOOST, 3) with steps =
+-- floor(waited / STARVE), non-increasing in enq, so they are a prefix of the lane by
+-- score. Returns nil (none), true (the whole lane) or the highest enq that qualifies:
+-- steps >= k (k >= 1) iff NOW - enq >= k * STARVE (an enq after NOW has waited 0).
+local function eff_bound(lane, v)
+  local k = v - lane
+  if v > 3 or k > MAXBOOST then return nil end
+  if k <= 0 then return true end
+  return NOW - k * STARVE
+end
+
+-- Entries of one lane that go before an entry with effective priority `eff`,
+-- enqueued at `enq`, id `id` (the entry itself never counts): every entry with a
+-- higher effective priority, then those with the same one (a score range of the
+-- lane) that were enqueued earlier, or at the same µs with a lower id.
+local function ahead_in_lane(key, lane, eff, enq, id)
+  local hi = eff_bound(lane, eff + 1) -- scores <= hi: effective priority > eff
+  local eq = eff_bound(lane, eff)     -- scores <= eq: effective priority >= eff
+  local n = 0
+  if hi == true then return redis.call('ZCARD', key) end
+  if hi then n = redis.call('ZCOUNT', key, '-inf', fmt(hi)) end
+  if not eq then return n end
+  -- Same effective priority: scores in (hi, eq], earlier than enq.
+  local lo = hi and ('(' .. fmt(hi)) or '-inf'
+  local top
+  if eq == true or eq >= enq then top = '(' .. fmt(enq) else top = fmt(eq) end
+  n = n + redis.call('ZCOUNT', key, lo, top)
+  -- The same µs, inside that range: ordered by id.
+  if (not hi or enq > hi) and (eq == true or enq <= eq) then
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, fmt(enq), fmt(enq))) do
+      if m < id then n = n + 1 end
     end
   end
+  return n
+end
+
+-- 1-based place of entry `id` in the grant order of its resource's queue (0 when it
+-- is not queued), counted on the lanes (a few ZCOUNTs each), never by reading the
+-- queue: O(log n) plus the entries enqueued in the same µs.
+local function position(sk, id)
+  local raw = redis.call('HGET', k_entries(sk), id)
+  if not raw then return 0 end
+  local e = cjson.decode(raw)
+  local enq = tonumber(e.enq)
+  local eff = effective(tonumber(e.prio), enq)
+  local pos = 1
+  for p = 0, 3 do pos = pos + ahead_in_lane(k_lane(p, sk), p, eff, enq, id) end
   return pos
+end
+
+-- The owner index `ix:<sk>` (hash), kept while the resource has entries:
+--   v                      '1', so that the index exists whenever entries do
+--   r:<owner> SEP <rid>    id of the entry made with that request id (every entry
+--                          with one; a retry joins it, contract rule 8)
+--   o:<owner>              id of the owner's reservation (one per owner, rule 5)
+-- A field is only ever set when missing or naming an entry that is gone (the first
+-- entry wins, as a scan in hash order found it), and removed when it names the
+-- removed entry.
+local function ix_set(k, sk, f, id)
+  local cur = redis.call('HGET', k, f)
+  if cur and redis.call('HEXISTS', k_entries(sk), cur) == 1 then return end
+  redis.call('HSET', k, f, id)
+end
+
+local function ix_add(sk, e)
+  local k = k_ix(sk)
+  redis.call('HSET', k, 'v', '1')
+  if e.rid and e.rid ~= '' then ix_set(k, sk, 'r:' .. e.owner .. SEP .. e.rid, e.id) end
+  if e.kind == 'r' then ix_set(k, sk, 'o:' .. e.owner, e.id) end
+end
+
+-- A store written before the index (entries but no `ix`) gets it now, from one scan
+-- of the entries in hash order; from then on it is kept up to date.
+local function ensure_ix(sk)
+  if redis.call('EXISTS', k_ix(sk)) == 1 then return end
+  if redis.call('EXISTS', k_entries(sk)) == 0 then return end
+  local raw = redis.call('HGETALL', k_entries(sk))
+  for i = 2, #raw, 2 do ix_add(sk, cjson.decode(raw[i])) end
+end
+
+-- The entry the index names under `field`, decoded, if it still exists and is that
+-- owner's (with that request id, or a reservation); else nil.
+local function ix_entry(sk, field)
+  ensure_ix(sk)
+  local id = redis.call('HGET', k_ix(sk), field)
+  if not id then return nil end
+  local raw = redis.call('HGET', k_entries(sk), id)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+-- Records a new entry (its record, lane, id index, owner index); the caller adds
+-- its deadline (`edl`) and the resource to `idx`.
+local function add_entry(sk, e)
+  ensure_ix(sk)
+  redis.call('HSET', k_entries(sk), e.id, cjson.encode(e))
+  redis.call('ZADD', k_lane(e.prio, sk), e.enq, e.id)
+  redis.call('HSET', K_EIDX, e.id, sk)
+  ix_add(sk, e)
 end
 
 -- Drops a resource from the index once it has neither lock nor queue. Its token
@@ -174,6 +260,17 @@ local function remove_entry(sk, id)
   local e = cjson.decode(raw)
   redis.call('HDEL', k_entries(sk), id)
   redis.call('ZREM', k_lane(e.prio, sk), id)
+  if redis.call('EXISTS', k_entries(sk)) == 0 then
+    redis.call('DEL', k_ix(sk))
+  else
+    local k = k_ix(sk)
+    local fields = {}
+    if e.rid and e.rid ~= '' then fields[#fields + 1] = 'r:' .. e.owner .. SEP .. e.rid end
+    if e.kind == 'r' then fields[#fields + 1] = 'o:' .. e.owner end
+    for _, f in ipairs(fields) do
+      if redis.call('HGET', k, f) == id then redis.call('HDEL', k, f) end
+    end
+  end
   redis.call('HDEL', K_EIDX, id)
   redis.call('HDEL', K_ENODE, id)
   redis.call('ZREM', K_EDL, id)

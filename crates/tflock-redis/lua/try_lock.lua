@@ -151,15 +151,15 @@ if rid ~= '' then
     end
   end
   -- The first call is still queued (its answer is not kept yet): the same entry,
-  -- never a second one. A waiting retry waits on that entry.
-  for _, e in ipairs(all_entries(sk)) do
-    if e.rid == rid and e.owner == who.owner then
-      if e.kind == 'w' and mode == 'w' then return reply({ r = 'wait', id = e.id, dl = e.dl }) end
-      local renewed = renew(e.id)
-      return now_answer({
-        acq = false, lock = public_now(), reason = 'held', q = { id = e.id, pos = position(sk, e.id) },
-      }, renewed)
-    end
+  -- never a second one. A waiting retry waits on that entry. Found by the owner
+  -- index (prelude ix_entry), not by reading the queue.
+  local e = ix_entry(sk, 'r:' .. who.owner .. SEP .. rid)
+  if e and e.rid == rid and e.owner == who.owner then
+    if e.kind == 'w' and mode == 'w' then return reply({ r = 'wait', id = e.id, dl = e.dl }) end
+    local renewed = renew(e.id)
+    return now_answer({
+      acq = false, lock = public_now(), reason = 'held', q = { id = e.id, pos = position(sk, e.id) },
+    }, renewed)
   end
 end
 
@@ -220,15 +220,14 @@ if mode == 'r' then
   -- renews the reservation like its own retry does (chg) and is remembered, so that
   -- this request id's retries are answered from the present (rules 5 and 8): renewed
   -- while it waits, lease_lost once it is granted under another request id.
-  for _, e in ipairs(all_entries(sk)) do
-    if e.kind == 'r' and e.owner == who.owner then
-      local a = {
-        acq = false, lock = public, reason = 'held', q = { id = e.id, pos = position(sk, e.id) },
-      }
-      if rid == '' then return reply({ r = 'ans', fresh = false, a = a }) end
-      local renewed = renew(e.id)
-      return answer(a, false, renewed)
-    end
+  local e = ix_entry(sk, 'o:' .. who.owner)
+  if e and e.kind == 'r' and e.owner == who.owner then
+    local a = {
+      acq = false, lock = public, reason = 'held', q = { id = e.id, pos = position(sk, e.id) },
+    }
+    if rid == '' then return reply({ r = 'ans', fresh = false, a = a }) end
+    local renewed = renew(e.id)
+    return answer(a, false, renewed)
   end
 end
 
@@ -243,9 +242,7 @@ local e = {
   id = id, kind = kind, prio = who.prio, enq = fmt(NOW), dl = fmt(dl), ttl = fmt(ttl),
   rid = rid, owner = who.owner, user = who.user, pull = who.pull, meta = who.meta,
 }
-redis.call('HSET', k_entries(sk), id, cjson.encode(e))
-redis.call('ZADD', k_lane(who.prio, sk), e.enq, id)
-redis.call('HSET', K_EIDX, id, sk)
+add_entry(sk, e)
 -- The sweeper drops a reservation at its deadline; a waiter's own call handles its
 -- deadline, so the sweeper only drops the entry of a waiter whose server died.
 redis.call('ZADD', K_EDL, kind == 'r' and e.dl or fmt(dl + grace), id)
