@@ -930,7 +930,7 @@ pub async fn without_queue_wait_is_refused_when_retries_are_off<H: Harness + ?Si
 /// place first taken for a short while (a client that may never come back) is granted
 /// only for that while, unless its owner came back for it.
 pub async fn reservation_renewal_raises_its_grant_ttl<H: Harness + ?Sized>(harness: &H) {
-    let mut fx = Fixture::default(harness).await;
+    let fx = Fixture::default(harness).await;
     let short = Duration::from_secs(4);
     let long = Duration::from_secs(20);
     // Renewed with a longer ttl: granted with it.
