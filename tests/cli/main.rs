@@ -3,6 +3,7 @@
 //! Guide command lines as written (`atlantis` read as `tflock`), `tflock run`, export
 //! and import, and configuration errors.
 
+mod admin;
 mod common;
 mod config;
 mod locks;

@@ -128,6 +128,10 @@ pub enum Command {
     /// Show, check and edit the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Store maintenance on the configured Redis, opened directly (not through a
+    /// server).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Terraform states kept by the server's http state backend (`/tf/NAME`):
     /// list, show, pull, roll back. Through a server only.
     #[command(subcommand)]
@@ -394,6 +398,21 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SnapshotFormat {
     Json,
+}
+
+/// `tflock admin ...`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum AdminCommand {
+    /// Bring a Redis store written by an older tflock to this build's key layout,
+    /// in place, keeping every lock, queue entry and fencing token (a server does
+    /// it by itself when it starts; this does it ahead of time, or shows what it
+    /// would move). Stop servers of older builds first: once upgraded, the store
+    /// refuses their calls.
+    UpgradeLayout {
+        /// Count what would move; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `tflock cluster ...`.

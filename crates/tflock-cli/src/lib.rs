@@ -121,6 +121,10 @@ async fn dispatch(cli: Cli) -> CliResult<Exit> {
             let loaded = load(&cli.global, serde_json::Value::Null, false)?;
             cmd::locks::run(&cli.global, &loaded, c, out).await
         }
+        Command::Admin(c) => {
+            let loaded = load(&cli.global, serde_json::Value::Null, false)?;
+            cmd::admin::run(&loaded, c, out).await
+        }
         Command::State(c) => {
             let loaded = load(&cli.global, serde_json::Value::Null, false)?;
             cmd::state::run(&cli.global, &loaded, c, out).await

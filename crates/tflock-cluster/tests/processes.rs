@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tflock_cluster::{Cluster, ClusterConfig, LocalView, Role};
 use tflock_core::{LockSettings, SharedBackend, SystemClock, Timestamp};
-use tflock_redis::keys::{bucket_of, bucket_prefixes};
+use tflock_redis::keys::{bucket_of, bucket_prefixes, resource_of_key};
 use tflock_redis::{RedisBackend, RedisConfig};
 use tflock_server::{AppState, Tokens};
 use tflock_testkit::{RedisCluster, RedisOptions, RedisServer};
@@ -718,7 +718,7 @@ fn audit(
         }
         if let Some(ep) = m.get("ep").and_then(num) {
             for ev in m["ev"].as_array().into_iter().flatten() {
-                let b = bucket_of(ev["sk"].as_str().unwrap());
+                let b = bucket_of(&resource_of_key(ev["sk"].as_str().unwrap()).unwrap());
                 *duties.entry(ep).or_insert(0) += 1;
                 if ep < fence[b] {
                     violations.push(format!(

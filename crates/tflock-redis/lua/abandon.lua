@@ -7,7 +7,7 @@
 --
 -- KEYS[1]   bucket prefix (see prelude)
 -- ARGV[1-6] common (see prelude)
--- ARGV[7]   storage key
+-- ARGV[7]   resource key
 -- ARGV[8]   entry id
 -- ARGV[9]   '1' when the call had a request id
 --

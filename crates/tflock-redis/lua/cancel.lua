@@ -3,7 +3,7 @@
 -- KEYS[1]   bucket prefix (see prelude); the bucket is the id's first two digits
 -- ARGV[1-6] common (see prelude)
 -- ARGV[7]   entry id
--- ARGV[8]   storage key the entry must still wait in, or '' for any: checked in
+-- ARGV[8]   resource key the entry must still wait in, or '' for any: checked in
 --           this same step (an entry granted or moved since is not found)
 --
 -- Reply (JSON): r = 'nf', or 'ok' with entry = its view (position before removal);

@@ -4,7 +4,7 @@
 --
 -- KEYS[1]   bucket prefix (see prelude)
 -- ARGV[1-6] common (see prelude)
--- ARGV[7]   start after this storage key ('' for the start)
+-- ARGV[7]   start after this resource key ('' for the start)
 -- ARGV[8]   most resources to return
 --
 -- Reply (JSON): items = list of { sk, lock (with its lease; absent when free or

@@ -7,6 +7,8 @@
 -- than the one a server saw means the bucket's data went (restart without
 -- persistence, FLUSHDB/FLUSHALL); a server's own `seen` field older than the one it
 -- wrote means older data came back (an old backup, a replica that lagged promoted).
+-- `layout` is the key layout of the bucket's data (upgrade.lua; tflock-redis keys.rs
+-- LAYOUT).
 --
 -- KEYS[1]   bucket prefix (see prelude)
 -- ARGV[1-6] common (see prelude)
@@ -27,7 +29,10 @@ local me, expect, count = ARGV[10], ARGV[11], ARGV[12]
 local cur = redis.call('HGET', K_GEN, 'id')
 local lost = ''
 if not cur then
-  redis.call('HSET', K_GEN, 'id', fresh)
+  -- A bucket without a marker is new or lost its data: nothing of an older layout
+  -- is left in it (connect upgrades a bucket before its first check).
+  redis.call('HSET', K_GEN, 'id', fresh, 'layout', LAYOUT)
+  fence_layout1(true)
   cur = fresh
   if known ~= '' then lost = 'missing' end
 elseif known ~= '' and cur ~= known then
@@ -36,8 +41,12 @@ elseif known ~= '' and expect ~= '' and redis.call('HGET', K_GEN, 'seen:' .. me)
   -- Older data came back with the same id: start a new generation, so that every
   -- other server finds the marker changed even if its own `seen` survived.
   lost = 'rolled_back'
+  -- The data that came back keeps its layout: an older one is upgraded by the
+  -- next TryLock that finds it (try_lock.lua's 'layout').
+  local layout = redis.call('HGET', K_GEN, 'layout')
   redis.call('DEL', K_GEN)
   redis.call('HSET', K_GEN, 'id', fresh)
+  if layout then redis.call('HSET', K_GEN, 'layout', layout) end
   cur = fresh
 end
 -- The first server to find a generation's loss starts the delay; the others report

@@ -9,7 +9,7 @@
 --
 -- KEYS[1]   bucket prefix (see prelude)
 -- ARGV[1-6] common (see prelude)
--- ARGV[7]   storage key
+-- ARGV[7]   resource key
 -- ARGV[8]   '1' for a dry run
 -- ARGV[9]   '1' to replace a lock held under another lease
 -- ARGV[10]   the snapshot's last token for the resource

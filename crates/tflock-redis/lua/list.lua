@@ -3,31 +3,37 @@
 --
 -- KEYS[1]   bucket prefix (see prelude)
 -- ARGV[1-6] common (see prelude)
--- ARGV[7]   start after this storage key ('' for the start)
+-- ARGV[7]   start after this resource key ('' for the start)
 -- ARGV[8]   most matches to return
--- ARGV[9]   repository filter or ''
+-- ARGV[9]   repository filter, escaped as in a resource key (keys.rs key_part), or ''
 -- ARGV[10]   owner filter or ''
 -- ARGV[11]  username filter or ''
 -- ARGV[12]  most index members to scan in this call
 --
--- Reply (JSON): locks (public, each with sk), last = the last storage key scanned,
+-- Reply (JSON): locks (public, each with sk), last = the last resource key scanned,
 -- done = true when the bucket has nothing after `last`; plus ev/ho/now.
 
 local after, want = ARGV[7], tonumber(ARGV[8])
 local repo, owner, user = ARGV[9], ARGV[10], ARGV[11]
 local cap = tonumber(ARGV[12])
--- Only the repository's keys when filtered: they start with repo SEP and sort below
--- repo '\32' (no part holds a control character).
-local prefix = repo ~= '' and (repo .. SEP) or ''
+-- Only the repository's keys when filtered: they start with the escaped repository
+-- and KSEP ('!'), and sort below it and '"' (an escaped part holds neither).
+local prefix = repo ~= '' and (repo .. KSEP) or ''
 local min
 if after ~= '' then min = '(' .. after
 elseif repo ~= '' then min = '[' .. prefix
 else min = '-' end
-local max = repo ~= '' and ('(' .. repo .. '\32') or '+'
+local max = repo ~= '' and ('(' .. repo .. '"') or '+'
 
 local locks, scanned, last, done = {}, 0, nil, false
 while #locks < want and scanned < cap do
-  local batch = math.min(200, cap - scanned)
+  -- Without an owner or user filter every member of the range is a match but for a
+  -- queue without a lock or a lease just expired: ask for about what is still
+  -- wanted (a few more), not 200, each of which costs a string in Lua. With one,
+  -- matches are sparser: the full 200.
+  local batch = 200
+  if owner == '' and user == '' then batch = want - #locks + 4 end
+  batch = math.min(batch, 200, cap - scanned)
   local keys = redis.call('ZRANGEBYLEX', K_IDX, min, max, 'LIMIT', 0, batch)
   for _, sk in ipairs(keys) do
     scanned = scanned + 1

@@ -1,6 +1,11 @@
--- prelude.lua: shared by every script (prepended at build time, so each script is
--- still one EVALSHA). Owns the key layout, the clock, the grant order, settle,
--- hand-off, grant and the event list. See docs/redis-design.md.
+-- prelude.lua: shared by every script. The scripts are one Redis function library
+-- (scripts.rs builds it: this file, then each script's body as the function
+-- `tflock_<version>_<script>`), loaded once per node with FUNCTION LOAD, so what is
+-- defined here is built once, not on every call. Owns the key layout, the clock, the
+-- grant order, settle, hand-off, grant and the event list. See docs/redis-design.md.
+--
+-- Every function is called with FCALL and one key; `begin` reads the common
+-- arguments below into this call's state before the script's own code runs.
 --
 -- KEYS[1]  the bucket's key prefix `P{b:NN}:`; every key a script touches is that
 --          prefix plus a suffix, so all of them hash to the bucket's slot.
@@ -19,53 +24,75 @@
 -- below 2^53, but tostring() prints 14 digits, so every number that leaves a script
 -- goes through fmt() as a string.
 
-local P = KEYS[1]
 local SEP = '\31'
 
-local NOW
-if ARGV[1] ~= '' then
-  NOW = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  NOW = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local CLAIM = tonumber(ARGV[2])
-local STARVE = tonumber(ARGV[3])
-if STARVE < 1 then STARVE = 1 end
-local MAXBOOST = tonumber(ARGV[4])
-local SEED = ARGV[5]
-local PUB = string.sub(ARGV[6], 1, 1)
-local ORIGIN = string.sub(ARGV[6], 2)
--- The key prefix without the bucket's tag `{b:NN}:` (7 bytes).
-local ROOT = string.sub(P, 1, #P - 7)
-
+-- One call's state. The library is loaded once and its functions run many times, so
+-- every call sets all of it first (begin(), from the function's KEYS and ARGV):
+-- nothing of one call reaches the next.
+local P, NOW, CLAIM, STARVE, MAXBOOST, SEED, PUB, ORIGIN, ROOT
 -- What this call did, returned to the client: events to publish, hand-off count.
-local EV = {}
-local HANDOFFS = 0
-local IDS = 0
+local EV, HANDOFFS, IDS
 -- Set by a duty a leader runs under its epoch (fenced): published with its events.
-local EPOCH = nil
-local PUBS = 0
-local PUBERR = nil
+local EPOCH
+local PUBS, PUBERR
+-- The bucket's keys (set by begin(), see below).
+local K_DUE, K_EDL, K_IDX, K_TIDX, K_EIDX, K_ANS, K_ANSDUE, K_ENODE, K_FENCE, K_GEN
 
 local function fmt(n) return string.format('%.0f', n) end
 
-local K_DUE = P .. 'due'            -- zset: storage key -> lease expiry
-local K_EDL = P .. 'edl'            -- zset: entry id -> when the sweeper drops it
-local K_IDX = P .. 'idx'            -- zset (score 0): storage keys with a lock or a queue
-local K_TIDX = P .. 'tidx'          -- zset (score 0): storage keys with a token counter
-local K_EIDX = P .. 'eidx'          -- hash: entry id -> storage key
-local K_ANS = P .. 'answers'        -- hash: owner SEP request_id -> answer JSON
-local K_ANSDUE = P .. 'answers_due' -- zset: answer key -> when it is forgotten
-local K_ENODE = P .. 'enode'        -- hash: waiter entry id -> id of the node serving it
-local K_FENCE = P .. 'fence'        -- string: highest leader epoch that acted on the bucket
-local K_GEN = P .. 'gen'            -- hash: the bucket's generation marker (generation.lua)
+-- Key names of layout 2 (LAYOUT; docs/redis-design.md, "Keys"). `sk` is the
+-- resource's key, printable: its escaped parts joined by KSEP (tflock-redis keys.rs).
+local LAYOUT = '2'
+local KSEP = '!'
+
+-- Every call starts here: its clock, settings and the bucket's key names.
+local function begin(keys, argv)
+  P = keys[1]
+  if argv[1] ~= '' then
+    NOW = tonumber(argv[1])
+  else
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  CLAIM = tonumber(argv[2])
+  STARVE = tonumber(argv[3])
+  if STARVE < 1 then STARVE = 1 end
+  MAXBOOST = tonumber(argv[4])
+  SEED = argv[5]
+  PUB = string.sub(argv[6], 1, 1)
+  ORIGIN = string.sub(argv[6], 2)
+  -- The key prefix without the bucket's tag `{b:NN}:` (7 bytes).
+  ROOT = string.sub(P, 1, #P - 7)
+  EV, HANDOFFS, IDS, EPOCH, PUBS, PUBERR = {}, 0, 0, nil, 0, nil
+  K_DUE = P .. 'expiries'          -- zset: resource key -> lease expiry
+  K_EDL = P .. 'entry_deadlines'   -- zset: entry id -> when the sweeper drops it
+  K_IDX = P .. 'resources'         -- zset (score 0): resource keys with a lock or a queue
+  K_TIDX = P .. 'tokens'           -- zset (score 0): resource keys with a token counter
+  K_EIDX = P .. 'entry_resources'  -- hash: entry id -> resource key
+  K_ANS = P .. 'answers'           -- hash: owner SEP request_id -> answer JSON
+  K_ANSDUE = P .. 'answers_due'    -- zset: answer key -> when it is forgotten
+  K_ENODE = P .. 'enode'           -- hash: waiter entry id -> id of the node serving it
+  K_FENCE = P .. 'fence'           -- string: highest leader epoch that acted on the bucket
+  K_GEN = P .. 'gen'               -- hash: the bucket's generation marker (generation.lua)
+end
+
+-- Layout 1's token index name `tidx` holds a string saying where the data went
+-- (upgrade.lua, and generation.lua for a bucket born at this layout): every grant of
+-- a layout-1 build adds to `tidx` (its next_token) before it writes the lock, so
+-- such a server fails there (WRONGTYPE) instead of granting a lock these scripts do
+-- not see. `keep` leaves the name alone when it holds anything (data not upgraded
+-- yet).
+local function fence_layout1(keep)
+  local note = 'moved: this tflock store uses key layout ' .. LAYOUT ..
+    '; stop tflock servers of older builds (see docs/redis-design.md, Layout versions)'
+  if keep then redis.call('SET', P .. 'tidx', note, 'NX') else redis.call('SET', P .. 'tidx', note) end
+end
 
 local function k_lock(sk) return P .. 'lock:' .. sk end
 local function k_token(sk) return P .. 'token:' .. sk end
-local function k_lane(p, sk) return P .. 'q' .. p .. ':' .. sk end
+local function k_lane(p, sk) return P .. 'queue' .. p .. ':' .. sk end
 local function k_entries(sk) return P .. 'entries:' .. sk end
-local function k_ix(sk) return P .. 'ix:' .. sk end
+local function k_ix(sk) return P .. 'owners:' .. sk end
 local function k_wake(id) return P .. 'wake:' .. id end
 
 -- A waiter's confirmation records the entry (`cent`) and the claim's expiry (`cexp`)

@@ -3,7 +3,7 @@
 --
 -- KEYS[1]   bucket prefix (see prelude)
 -- ARGV[1-6] common (see prelude)
--- ARGV[7]   storage key
+-- ARGV[7]   resource key
 -- ARGV[8]   lease id of the unconfirmed grant
 --
 -- Reply (JSON): r = 'ok' or 'none'; plus ev/ho/now.

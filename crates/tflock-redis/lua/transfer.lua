@@ -3,7 +3,7 @@
 --
 -- KEYS[1]   bucket prefix (see prelude)
 -- ARGV[1-6] common (see prelude)
--- ARGV[7]   storage key
+-- ARGV[7]   resource key
 -- ARGV[8]   mode: 'lease' (the holder, by ARGV[9]) or 'admin'. Any other mode is
 --           refused: an empty lease id never means admin.
 -- ARGV[9]   the holder's lease id ('lease'); ignored for 'admin'

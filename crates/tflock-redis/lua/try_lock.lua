@@ -2,7 +2,7 @@
 --
 -- KEYS[1]   bucket prefix (see prelude)
 -- ARGV[1-6] common (see prelude)
--- ARGV[7]   storage key
+-- ARGV[7]   resource key
 -- ARGV[8]   owner string
 -- ARGV[9]   username or ''
 -- ARGV[10]   pull number or ''
@@ -34,6 +34,7 @@
 -- which changed the live lease, or for a reservation's retry that renewed its
 -- deadline), 'wait' (id, dl), 'full', 'retry', 'refused' or
 -- 'delay' (hold: the lock_delay after a data loss runs until then; nothing was
+-- changed), 'layout' (the bucket's marker names another key layout: nothing was
 -- changed); lost = 'missing' when this call found the generation marker gone; plus
 -- ev/ho/now (see prelude's reply()).
 
@@ -167,12 +168,16 @@ if not cur then
   -- After a data loss nothing is granted until its lock_delay ends (holders whose
   -- record was lost may still be working). A marker gone since this server saw it is
   -- a loss found here, before any health check: it starts the delay itself.
-  local gen = redis.call('HMGET', K_GEN, 'id', 'hold')
+  local gen = redis.call('HMGET', K_GEN, 'id', 'hold', 'layout')
+  -- A marker of another key layout: this bucket's data is where these scripts do
+  -- not look (a store written by an older build, or such a backup restored). Nothing
+  -- is granted before the client upgrades the bucket (upgrade.lua) and asks again.
+  if gen[1] and gen[3] ~= LAYOUT then return reply({ r = 'layout' }) end
   local hold = tonumber(gen[2] or '0')
   if not gen[1] and ARGV[27] == '1' then
     found = 'missing'
     hold = NOW + tonumber(ARGV[26])
-    redis.call('HSET', K_GEN, 'id', new_id(32), 'lost', fmt(NOW), 'hold', fmt(hold))
+    redis.call('HSET', K_GEN, 'id', new_id(32), 'lost', fmt(NOW), 'hold', fmt(hold), 'layout', LAYOUT)
   end
   if hold > NOW then return reply({ r = 'delay', hold = fmt(hold), lost = found }) end
   local l = grant(sk, who, ttl, ttl, nil, rid ~= '' and rid or nil)

@@ -4,7 +4,7 @@
 --
 -- KEYS[1]   bucket prefix (see prelude)
 -- ARGV[1-6] common (see prelude)
--- ARGV[7]   repository (exact)
+-- ARGV[7]   repository (exact), escaped as in a resource key (keys.rs key_part)
 -- ARGV[8]   pull number
 -- ARGV[9]   owner string `{repo}#{pull}`
 --
@@ -14,10 +14,11 @@
 local repo, pull, name = ARGV[7], ARGV[8], ARGV[9]
 local function matches(x) return x.pull == pull or x.owner == name end
 
--- Storage keys of one repository are contiguous: they start with repo SEP, and no
--- part holds a control character, so they all sort below repo '\32'.
-local keys = redis.call('ZRANGEBYLEX', K_IDX, '[' .. repo .. SEP, '(' .. repo .. '\32')
+-- Resource keys of one repository are contiguous: they start with the escaped
+-- repository and KSEP ('!'), and sort below it and '"' (an escaped part holds neither).
+local keys = redis.call('ZRANGEBYLEX', K_IDX, '[' .. repo .. KSEP, '(' .. repo .. '"')
 local released, cancelled = {}, {}
+
 for _, sk in ipairs(keys) do
   settle(sk)
   -- Entries first, so the hand-off of a released lock cannot go to another entry of

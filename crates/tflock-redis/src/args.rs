@@ -14,9 +14,9 @@ use tflock_core::{BackendError, InvalidRequest, Owner, Timestamp};
 use crate::reply::{
     CancelReply, ExportReply, FenceReply, GenerationReply, ImportReply, ListReply, LockReply,
     PullReply, QueueReply, RefreshReply, StatsReply, StatusReply, SweepReply, TransferReply,
-    TryLockReply, UnlockReply, UserQueueReply, WaitEndReply,
+    TryLockReply, UnlockReply, UpgradeReply, UserQueueReply, WaitEndReply,
 };
-use crate::scripts::{Script, Scripts};
+use crate::scripts::{Function, Scripts};
 
 /// Lua numbers are doubles: integers from 2^53 on are not kept exactly.
 const LUA_EXACT: u64 = 1 << 53;
@@ -58,7 +58,7 @@ pub(crate) trait ScriptArgs: Sync {
     /// (`ARGV[6]`); a read gets neither.
     const SEEDED: bool;
     /// The script this is for.
-    fn script(scripts: &Scripts) -> &Script;
+    fn script(scripts: &Scripts) -> &Function;
     /// `ARGV[7..]`, in the order of the script's header.
     fn argv(&self) -> Vec<String>;
 }
@@ -158,7 +158,7 @@ pub(crate) struct TryLockArgs<'a> {
 impl ScriptArgs for TryLockArgs<'_> {
     type Reply = TryLockReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.try_lock
     }
     fn argv(&self) -> Vec<String> {
@@ -218,7 +218,7 @@ pub(crate) struct WaitEndArgs<'a> {
 impl ScriptArgs for WaitEndArgs<'_> {
     type Reply = WaitEndReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.wait_end
     }
     fn argv(&self) -> Vec<String> {
@@ -249,7 +249,7 @@ pub(crate) struct AbandonArgs<'a> {
 impl ScriptArgs for AbandonArgs<'_> {
     type Reply = StatusReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.abandon
     }
     fn argv(&self) -> Vec<String> {
@@ -270,7 +270,7 @@ pub(crate) struct RollbackArgs<'a> {
 impl ScriptArgs for RollbackArgs<'_> {
     type Reply = StatusReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.rollback
     }
     fn argv(&self) -> Vec<String> {
@@ -296,7 +296,7 @@ pub(crate) struct UnlockArgs<'a> {
 impl ScriptArgs for UnlockArgs<'_> {
     type Reply = UnlockReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.unlock
     }
     fn argv(&self) -> Vec<String> {
@@ -322,12 +322,12 @@ pub(crate) struct UnlockPullArgs<'a> {
 impl ScriptArgs for UnlockPullArgs<'_> {
     type Reply = PullReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.unlock_pull
     }
     fn argv(&self) -> Vec<String> {
         vec![
-            self.repo.to_string(),
+            crate::keys::key_part(self.repo),
             self.pull.to_string(),
             format!("{}#{}", self.repo, self.pull),
         ]
@@ -344,7 +344,7 @@ pub(crate) struct RefreshArgs<'a> {
 impl ScriptArgs for RefreshArgs<'_> {
     type Reply = RefreshReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.refresh
     }
     fn argv(&self) -> Vec<String> {
@@ -375,7 +375,7 @@ pub(crate) struct TransferArgs<'a> {
 impl ScriptArgs for TransferArgs<'_> {
     type Reply = TransferReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.transfer
     }
     fn argv(&self) -> Vec<String> {
@@ -406,7 +406,7 @@ pub(crate) struct CancelArgs<'a> {
 impl ScriptArgs for CancelArgs<'_> {
     type Reply = CancelReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.cancel
     }
     fn argv(&self) -> Vec<String> {
@@ -426,7 +426,7 @@ pub(crate) struct SweepArgs<'a> {
 impl ScriptArgs for SweepArgs<'_> {
     type Reply = SweepReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.sweep
     }
     fn argv(&self) -> Vec<String> {
@@ -446,7 +446,7 @@ pub(crate) struct FenceArgs {
 impl ScriptArgs for FenceArgs {
     type Reply = FenceReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.fence
     }
     fn argv(&self) -> Vec<String> {
@@ -462,7 +462,7 @@ pub(crate) struct GetLockArgs<'a> {
 impl ScriptArgs for GetLockArgs<'_> {
     type Reply = LockReply;
     const SEEDED: bool = false;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.get_lock
     }
     fn argv(&self) -> Vec<String> {
@@ -478,7 +478,7 @@ pub(crate) struct QueueStatusArgs<'a> {
 impl ScriptArgs for QueueStatusArgs<'_> {
     type Reply = QueueReply;
     const SEEDED: bool = false;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.queue_status
     }
     fn argv(&self) -> Vec<String> {
@@ -499,14 +499,15 @@ pub(crate) struct ListArgs<'a> {
 impl ScriptArgs for ListArgs<'_> {
     type Reply = ListReply;
     const SEEDED: bool = false;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.list
     }
     fn argv(&self) -> Vec<String> {
         vec![
             self.after.to_string(),
             self.batch.to_string(),
-            self.repo.to_string(),
+            // The scripts find a repository's keys by their escaped first part.
+            crate::keys::key_part(self.repo),
             self.owner.to_string(),
             self.user.to_string(),
             self.scan.to_string(),
@@ -522,7 +523,7 @@ pub(crate) struct UserQueueArgs<'a> {
 impl ScriptArgs for UserQueueArgs<'_> {
     type Reply = UserQueueReply;
     const SEEDED: bool = false;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.user_queue
     }
     fn argv(&self) -> Vec<String> {
@@ -536,7 +537,7 @@ pub(crate) struct StatsArgs;
 impl ScriptArgs for StatsArgs {
     type Reply = StatsReply;
     const SEEDED: bool = false;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.stats
     }
     fn argv(&self) -> Vec<String> {
@@ -553,7 +554,7 @@ pub(crate) struct ExportArgs<'a> {
 impl ScriptArgs for ExportArgs<'_> {
     type Reply = ExportReply;
     const SEEDED: bool = false;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.export
     }
     fn argv(&self) -> Vec<String> {
@@ -577,7 +578,7 @@ pub(crate) struct ImportArgs<'a> {
 impl ScriptArgs for ImportArgs<'_> {
     type Reply = ImportReply;
     const SEEDED: bool = true;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.import
     }
     fn argv(&self) -> Vec<String> {
@@ -608,7 +609,7 @@ pub(crate) struct GenerationArgs<'a> {
 impl ScriptArgs for GenerationArgs<'_> {
     type Reply = GenerationReply;
     const SEEDED: bool = false;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Function {
         &s.generation
     }
     fn argv(&self) -> Vec<String> {
@@ -620,6 +621,30 @@ impl ScriptArgs for GenerationArgs<'_> {
             self.seen.to_string(),
             self.count.to_string(),
         ]
+    }
+}
+
+/// upgrade.lua's arguments (mirrors its header, `ARGV[7]` on).
+pub(crate) struct UpgradeArgs<'a> {
+    pub dry_run: bool,
+    /// Layout-1 storage keys and their layout-2 resource keys.
+    pub pairs: &'a [(String, String)],
+}
+
+impl ScriptArgs for UpgradeArgs<'_> {
+    type Reply = UpgradeReply;
+    const SEEDED: bool = true;
+    fn script(s: &Scripts) -> &Function {
+        &s.upgrade
+    }
+    fn argv(&self) -> Vec<String> {
+        let mut v = Vec::with_capacity(1 + 2 * self.pairs.len());
+        v.push(flag(self.dry_run));
+        for (old, new) in self.pairs {
+            v.push(old.clone());
+            v.push(new.clone());
+        }
+        v
     }
 }
 

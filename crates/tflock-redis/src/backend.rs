@@ -16,6 +16,7 @@ use crate::args::{Prelude, RollbackArgs, ScriptArgs};
 use crate::conn::Connector;
 use crate::generation::Generations;
 use crate::keys::BUCKETS;
+use crate::layout::LayoutReport;
 use crate::options::{EventChannels, SweepRole, SweepStats};
 use crate::reply::{Published, RawLock, Reply, StatusReply, decode};
 use crate::scripts::Scripts;
@@ -58,6 +59,10 @@ pub(crate) struct Inner {
     pub sweep_stats: watch::Sender<SweepStats>,
     /// The buckets' generation markers as this server saw them (data loss).
     pub generations: Generations,
+    /// Upgrade buckets of an older key layout when found (`BackendOptions`).
+    pub upgrade_layout: bool,
+    /// What connecting did to the key layout (`None` when it did not look).
+    pub layout_report: Mutex<Option<LayoutReport>>,
 }
 
 impl Inner {
@@ -109,7 +114,10 @@ impl Inner {
         argv.extend(args.argv());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let script = A::script(&self.scripts);
-        let (json, generation) = self.conn.eval(script, &self.buckets[bucket], &argv).await?;
+        let (json, generation) = self
+            .conn
+            .fcall(&self.scripts.library, script, &self.buckets[bucket], &argv)
+            .await?;
         let mut reply: Reply<A::Reply> = decode(script.name, &json)?;
         self.publish(&mut reply);
         Ok((reply, generation))

@@ -1,7 +1,8 @@
 //! Connections: which node to talk to (standalone, Sentinel's current primary, or
 //! Cluster), keeping one multiplexed connection for scripts, reconnecting after
 //! failures, the pool of dedicated connections for blocked waiters (BLPOP), script
-//! calls (EVALSHA, EVAL on `NOSCRIPT`) and `WAIT`.
+//! calls (FCALL, `FUNCTION LOAD` on a missing function; EVALSHA, EVAL on `NOSCRIPT`)
+//! and `WAIT`.
 //!
 //! Every network call is bounded: connecting by the connect timeout, each reply by
 //! `read_timeout`. A failure that may mean a dead or demoted node (I/O error,
@@ -46,7 +47,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 use crate::config::{AuthMethod, ConnectError, RedisConfig, parse_address};
-use crate::scripts::Script;
+use crate::scripts::{Function, Library, Script};
 
 /// How long one BLPOP blocks before the waiter re-checks its entry (the slow
 /// fallback of the contract).
@@ -156,6 +157,9 @@ pub struct Connector {
 pub enum CallError {
     /// Redis answered `NOSCRIPT`: load the script and call again.
     NoScript,
+    /// Redis does not have the function (a node that never loaded the library, or
+    /// lost it: restarted without data, `FUNCTION FLUSH`): load it and call again.
+    NoFunction,
     Backend(BackendError),
 }
 
@@ -163,6 +167,9 @@ impl From<CallError> for BackendError {
     fn from(e: CallError) -> Self {
         match e {
             CallError::NoScript => BackendError::Internal("script missing after EVAL".into()),
+            CallError::NoFunction => {
+                BackendError::Internal("function missing after FUNCTION LOAD".into())
+            }
             CallError::Backend(b) => b,
         }
     }
@@ -264,8 +271,14 @@ fn classify(e: RedisError) -> CallError {
         return CallError::NoScript;
     }
     let msg = e.to_string();
-    let script_error = matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ResponseError))
-        && (msg.contains("user_script") || msg.contains("Error running script"));
+    let response = matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ResponseError));
+    if response && msg.contains("Function not found") {
+        return CallError::NoFunction;
+    }
+    let script_error = response
+        && (msg.contains("user_script")
+            || msg.contains("user_function")
+            || msg.contains("Error running script"));
     if script_error {
         CallError::Backend(BackendError::Internal(format!("redis: {msg}")))
     } else {
@@ -1031,6 +1044,49 @@ impl Connector {
                 Err(BackendError::Internal(format!("{}: {m}", script.name)))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs one of the library's functions on the bucket whose key prefix is `key`
+    /// (FCALL; when the node lacks it, FUNCTION LOAD of the library, on every
+    /// primary of a cluster, and FCALL again). Returns the JSON reply and the
+    /// connection generation.
+    pub async fn fcall(
+        &self,
+        library: &Library,
+        f: &Function,
+        key: &str,
+        args: &[&str],
+    ) -> Result<(String, u64), BackendError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(&f.function).arg(1).arg(key).arg(args);
+        let named = |e: CallError| match e {
+            CallError::Backend(BackendError::Internal(m)) => {
+                BackendError::Internal(format!("{}: {m}", f.name))
+            }
+            e => e.into(),
+        };
+        match self.call::<String>(&cmd).await {
+            Ok(r) => Ok(r),
+            Err(CallError::NoFunction) => {
+                let mut load = redis::cmd("FUNCTION");
+                load.arg("LOAD").arg("REPLACE").arg(&library.source);
+                self.call::<redis::Value>(&load).await.map_err(|e| {
+                    match BackendError::from(e) {
+                        BackendError::Internal(m) => BackendError::Internal(format!(
+                            "loading the function library {}: {m}",
+                            library.name
+                        )),
+                        BackendError::Unavailable(m) => BackendError::Unavailable(format!(
+                            "loading the function library {}: {m}",
+                            library.name
+                        )),
+                        e => e,
+                    }
+                })?;
+                self.call::<String>(&cmd).await.map_err(named)
+            }
+            Err(e) => Err(named(e)),
         }
     }
 

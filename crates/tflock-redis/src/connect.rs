@@ -166,6 +166,8 @@ pub(crate) async fn open(
         sweep_role: watch::channel(options.sweep).0,
         sweep_stats: watch::channel(SweepStats::default()).0,
         generations: Generations::new(),
+        upgrade_layout: options.upgrade_layout,
+        layout_report: Mutex::new(None),
     });
     // A read on one bucket proves scripting and the key prefix are allowed to
     // these credentials (an ACL user may be limited to some keys or commands).
@@ -179,10 +181,43 @@ pub(crate) async fn open(
         } else {
             "redis.addresses"
         };
+        if lower.contains("unknown command") && lower.contains("fcall") {
+            return Err(ConnectError::new(
+                "redis.addresses",
+                format!(
+                    "tflock needs Redis 7.0 or later (its scripts are a function library, \
+                     FCALL): {m}"
+                ),
+            ));
+        }
         return Err(ConnectError::new(
             setting,
             format!("Redis refused tflock's scripts: {m}"),
         ));
+    }
+    // Before anything reads or writes locks: a store of an older key layout is
+    // brought up to this build's, in place (docs/redis-design.md, "Layout versions").
+    if options.upgrade_layout {
+        let report = inner.upgrade_layout(false).await.map_err(|e| {
+            ConnectError::new(
+                "redis.addresses",
+                format!("upgrading the store's key layout failed: {e}"),
+            )
+        })?;
+        if report.buckets_upgraded > 0 {
+            tracing::info!(
+                buckets = report.buckets_upgraded,
+                resources = report.resources,
+                entries = report.entries,
+                tokens = report.tokens,
+                "upgraded the store to key layout {}",
+                report.layout
+            );
+        }
+        *inner
+            .layout_report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
     check_eviction_policy(&inner.conn).await;
     // The markers this server compares against from now on (created where none

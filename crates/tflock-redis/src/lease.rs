@@ -7,7 +7,7 @@ use tflock_core::{LeaseId, Lock, Owner, RefreshError, Resource, TransferAuth, Tr
 
 use crate::args::{OwnerArgs, RefreshArgs, TransferArgs, TransferMode};
 use crate::backend::Inner;
-use crate::keys::bucket_of;
+use crate::keys::{bucket_of, resource_key};
 use crate::reply::{RefreshReply, TransferReply};
 
 /// [`tflock_core::Backend::refresh_lock`] on Redis.
@@ -21,8 +21,8 @@ pub(crate) async fn refresh_lock(
     let resource = resource.clone().validate("resource")?;
     lease_id.check("lease_id")?;
     let ttl = inner.settings.resolve_ttl(Some(ttl))?;
-    let sk = resource.storage_key();
-    let bucket = bucket_of(&sk);
+    let sk = resource_key(&resource);
+    let bucket = bucket_of(&resource);
     let args = RefreshArgs {
         storage_key: &sk,
         lease: lease_id.as_str(),
@@ -50,7 +50,7 @@ pub(crate) async fn transfer_lock(
     inner.check_open()?;
     let resource = resource.clone().validate("resource")?;
     let to = to.validate("to")?;
-    let sk = resource.storage_key();
+    let sk = resource_key(&resource);
     let to = OwnerArgs::of(&to)?;
     // The mode is explicit: an empty lease id never means admin.
     let auth = match &auth {
@@ -60,7 +60,7 @@ pub(crate) async fn transfer_lock(
         }
         TransferAuth::Admin => TransferMode::Admin,
     };
-    let bucket = bucket_of(&sk);
+    let bucket = bucket_of(&resource);
     let args = TransferArgs {
         storage_key: &sk,
         auth,

@@ -5,8 +5,9 @@
 //!
 //! - `lua/*.lua`: every state change (and every read that needs the clock) is one
 //!   Lua script, so each operation is atomic on Redis. `prelude.lua` (time, keys,
-//!   grant order, settle, hand-off, grant, events) is prepended to each at build time.
-//! - [`scripts`]: the scripts and their SHA1s.
+//!   grant order, settle, hand-off, grant, events) is shared by all of them.
+//! - [`scripts`]: the scripts as one Redis function library (prelude once, each
+//!   script a function), and plain scripts for other crates.
 //! - `args`: one typed argument struct per script; its `argv` is the only place that
 //!   script's positional `ARGV` order and protocol letters are written (the common
 //!   `ARGV[1..6]` once, as `Prelude`). Also `exact`: numbers the scripts keep exact.
@@ -14,8 +15,10 @@
 //!   script has several reply shapes, so no protocol letter is matched elsewhere),
 //!   and their translation into core types.
 //! - [`conn`]: connections (standalone, Sentinel, Cluster), reconnects, timeouts,
-//!   EVALSHA with `NOSCRIPT` recovery, the waiters' BLPOP pool and `WAIT`.
-//! - [`keys`]: the 64 buckets and their hash-tagged key prefixes.
+//!   FCALL with `FUNCTION LOAD` recovery, EVALSHA with `NOSCRIPT` recovery (plain
+//!   scripts), the waiters' BLPOP pool and `WAIT`.
+//! - [`keys`]: the 64 buckets, their hash-tagged key prefixes, the resources'
+//!   readable keys and the layout version.
 //! - [`config`]: [`RedisConfig`] and [`ConnectError`].
 //! - `backend`: `Inner`, what every operation shares, and its call runner: a script
 //!   call with its typed arguments, event publishing, `WAIT` for `min_replicas_ack`
@@ -31,6 +34,8 @@
 //! - `health`: the health check's server details, the data-loss check of the
 //!   generation markers, persistence and `CONFIG GET` values, the metrics.
 //! - `generation`: the buckets' generation markers as this server saw them.
+//! - `layout`: key layout versions: upgrading a store of an older layout in place
+//!   ([`LayoutReport`]).
 //! - `options`: plain types of how a backend runs: [`BackendOptions`], [`SweepRole`],
 //!   [`LeaderAuthority`], [`SweepStats`], [`EventChannels`] (a leaf, so `duty` and
 //!   `relay` and the shared state hold them without importing each other).
@@ -64,6 +69,7 @@ mod connect;
 mod duty;
 mod generation;
 mod health;
+mod layout;
 mod lease;
 mod listing;
 mod options;
@@ -90,6 +96,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::backend::Inner;
 pub use crate::config::{AuthMethod, ConnectError, RedisConfig, SentinelConfig};
+pub use crate::layout::LayoutReport;
 pub use crate::options::{BackendOptions, EventChannels, LeaderAuthority, SweepRole, SweepStats};
 pub use crate::relay::sharded_channels;
 use crate::scripts::Script;
@@ -143,6 +150,23 @@ impl RedisBackend {
     /// The configured `key_prefix`.
     pub fn key_prefix(&self) -> &str {
         &self.inner.key_prefix
+    }
+
+    /// Brings every bucket of the store to this build's key layout
+    /// ([`keys::LAYOUT`]) in place, or with `dry_run` counts what that would move.
+    /// Connecting does it already unless [`BackendOptions::upgrade_layout`] is off.
+    pub async fn upgrade_layout(&self, dry_run: bool) -> Result<LayoutReport, BackendError> {
+        self.inner.upgrade_layout(dry_run).await
+    }
+
+    /// What connecting did to the key layout: `None` when
+    /// [`BackendOptions::upgrade_layout`] was off.
+    pub fn layout_report(&self) -> Option<LayoutReport> {
+        self.inner
+            .layout_report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The lock settings this backend runs with.

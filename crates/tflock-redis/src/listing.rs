@@ -8,7 +8,7 @@ use tflock_core::{Lock, LockFilter, LockPage, QueryError, Resource};
 
 use crate::args::{GetLockArgs, ListArgs};
 use crate::backend::Inner;
-use crate::keys::{BUCKETS, bucket_of};
+use crate::keys::{BUCKETS, bucket_of, resource_key};
 use crate::reply::{RawLock, into_locks};
 
 /// Most index members one list call scans per bucket (bounds script time).
@@ -31,9 +31,9 @@ pub(crate) async fn get_lock(
 ) -> Result<Option<Lock>, QueryError> {
     inner.check_open()?;
     let resource = resource.clone().validate("resource")?;
-    let sk = resource.storage_key();
+    let sk = resource_key(&resource);
     let r = inner
-        .run(bucket_of(&sk), &GetLockArgs { storage_key: &sk })
+        .run(bucket_of(&resource), &GetLockArgs { storage_key: &sk })
         .await?;
     Ok(r.body.lock.map(RawLock::into_lock).transpose()?)
 }
@@ -42,7 +42,7 @@ pub(crate) async fn get_lock(
 pub(crate) async fn list_locks(inner: &Inner, filter: LockFilter) -> Result<LockPage, QueryError> {
     inner.check_open()?;
     let limit = filter.page_size()?;
-    let start = filter.cursor_key()?.unwrap_or_default();
+    let start = crate::keys::cursor_key(filter.cursor_key()?.unwrap_or_default());
     let repo = filter.repo.clone().unwrap_or_default();
     let owner = filter.owner.clone().unwrap_or_default();
     let user = filter.user.clone().unwrap_or_default();

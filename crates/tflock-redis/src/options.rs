@@ -23,6 +23,11 @@ pub struct BackendOptions {
     /// compare their cost); `Sharded` is only honoured on a cluster. Every backend
     /// sharing a store must use the same kind.
     pub channels: Option<EventChannels>,
+    /// Upgrade a store of an older key layout in place while connecting, and a
+    /// bucket of one that a TryLock finds later (default true; docs/redis-design.md,
+    /// "Layout versions"). Off (`tflock admin upgrade-layout --dry-run`), such a
+    /// store is left as it is and a TryLock on it fails until it is upgraded.
+    pub upgrade_layout: bool,
 }
 
 impl Default for BackendOptions {
@@ -31,6 +36,7 @@ impl Default for BackendOptions {
             sweep: SweepRole::SelfSweep,
             share_events: true,
             channels: None,
+            upgrade_layout: true,
         }
     }
 }
@@ -43,6 +49,11 @@ impl BackendOptions {
 
     pub fn share_events(mut self, on: bool) -> Self {
         self.share_events = on;
+        self
+    }
+
+    pub fn upgrade_layout(mut self, on: bool) -> Self {
+        self.upgrade_layout = on;
         self
     }
 

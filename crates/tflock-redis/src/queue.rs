@@ -12,7 +12,7 @@ use tflock_core::{
 
 use crate::args::{CancelArgs, QueueStatusArgs, UserQueueArgs};
 use crate::backend::Inner;
-use crate::keys::{BUCKETS, bucket_of, bucket_of_entry};
+use crate::keys::{BUCKETS, bucket_of, bucket_of_entry, resource_key};
 use crate::reply::{CancelReply, RawLock};
 
 /// [`tflock_core::Backend::get_queue_status`] on Redis.
@@ -22,9 +22,9 @@ pub(crate) async fn queue_status(
 ) -> Result<QueueStatus, QueryError> {
     inner.check_open()?;
     let resource = resource.clone().validate("resource")?;
-    let sk = resource.storage_key();
+    let sk = resource_key(&resource);
     let r = inner
-        .run(bucket_of(&sk), &QueueStatusArgs { storage_key: &sk })
+        .run(bucket_of(&resource), &QueueStatusArgs { storage_key: &sk })
         .await?;
     let now = Timestamp(r.now.0);
     let entries = r
@@ -80,8 +80,9 @@ pub(crate) async fn cancel(
     if let Some(r) = expected_resource {
         // The entry can only wait in that resource's bucket; the script checks
         // it still waits there in the same step as the removal.
-        let sk = r.clone().validate("resource")?.storage_key();
-        return match cancel_in(inner, bucket_of(&sk), entry_id, &sk).await? {
+        let r = r.clone().validate("resource")?;
+        let sk = resource_key(&r);
+        return match cancel_in(inner, bucket_of(&r), entry_id, &sk).await? {
             Some(view) => Ok(view),
             None => Err(CancelError::NotFound),
         };

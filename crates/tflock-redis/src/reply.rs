@@ -83,7 +83,7 @@ pub fn decode<T: DeserializeOwned>(script: &str, json: &str) -> Result<Reply<T>,
 }
 
 fn resource_of(sk: &str) -> Result<Resource, BackendError> {
-    Resource::from_storage_key(sk)
+    crate::keys::resource_of_key(sk)
         .ok_or_else(|| BackendError::Internal(format!("malformed storage key {sk:?}")))
 }
 
@@ -338,6 +338,10 @@ pub enum TryLockOutcome {
         #[serde(default)]
         hold: Num,
     },
+    /// `layout`: the bucket's data is in an older key layout (upgrade.lua brings it
+    /// up); nothing was changed.
+    #[serde(rename = "layout")]
+    Layout,
 }
 
 /// wait_end.lua's reply, by `r`.
@@ -489,6 +493,34 @@ pub enum FenceReply {
     /// `stale`: a higher epoch has acted here.
     #[serde(rename = "stale")]
     Stale { fence: Num },
+}
+
+/// upgrade.lua's reply, by `r`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "r")]
+pub enum UpgradeReply {
+    /// `current`: the bucket is at this build's layout; nothing to do.
+    #[serde(rename = "current")]
+    Current,
+    /// `need`: these layout-1 storage keys need their layout-2 keys; nothing was
+    /// changed.
+    #[serde(rename = "need")]
+    Need {
+        #[serde(default, deserialize_with = "lua_vec")]
+        sks: Vec<String>,
+    },
+    /// `ok`: upgraded (or counted, in a dry run).
+    #[serde(rename = "ok")]
+    Upgraded {
+        #[serde(default)]
+        resources: Num,
+        #[serde(default)]
+        entries: Num,
+        #[serde(default)]
+        tokens: Num,
+        #[serde(default)]
+        conflicts: Num,
+    },
 }
 
 /// A message another backend published with its script's events (see

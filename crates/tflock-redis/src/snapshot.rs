@@ -12,7 +12,7 @@ use tflock_core::{
 
 use crate::args::{ExportArgs, ImportArgs, exact, exact_us};
 use crate::backend::Inner;
-use crate::keys::{BUCKETS, bucket_of};
+use crate::keys::{BUCKETS, bucket_of, resource_key};
 use crate::reply::{ImportReply, RawExported, Reply};
 
 /// Most resources one export call returns per bucket (bounds script time).
@@ -107,7 +107,7 @@ async fn import_one(
         lock: &p.lock,
         entries: &p.entries,
     };
-    inner.run(bucket_of(&p.sk), &args).await
+    inner.run(bucket_of(&p.resource), &args).await
 }
 
 /// Every resource of one bucket, page by page, and the scripts' latest clock.
@@ -174,7 +174,7 @@ impl ImportPlan {
     fn new(i: usize, rs: &ResourceSnapshot) -> Result<ImportPlan, InvalidRequest> {
         let at = format!("resources[{i}]");
         let resource = rs.resource.clone().validate(&format!("{at}.resource"))?;
-        let sk = resource.storage_key();
+        let sk = resource_key(&resource);
         let last = exact(rs.last_token, || format!("{at}.last_token"))?;
         let lock = match &rs.lock {
             None => String::new(),

@@ -14,7 +14,7 @@ use tflock_core::{
 
 use crate::args::{AbandonArgs, OwnerArgs, TryLockArgs, TryLockMode, WaitEndArgs, WaitEndMode};
 use crate::backend::{Inner, ensure_replicated};
-use crate::keys::bucket_of;
+use crate::keys::{bucket_of, resource_key};
 use crate::reply::{RawAnswer, Reply, TryLockOutcome, TryLockReply, WaitEndReply};
 
 /// A resolved TryLock mode and its span: the wait, or the reservation's lifetime.
@@ -55,8 +55,8 @@ pub(crate) async fn try_lock(
             None => NO_WAIT,
         }
     };
-    let sk = req.resource.storage_key();
-    let bucket = bucket_of(&sk);
+    let sk = resource_key(&req.resource);
+    let bucket = bucket_of(&req.resource);
     // The entry id is chosen here and the drop guard armed before the script is
     // sent: a caller that goes away at any point after that, even before the
     // reply arrives, still has its entry removed.
@@ -121,6 +121,7 @@ pub(crate) async fn try_lock(
         )
         .into()),
         TryLockOutcome::Delay { .. } => unreachable!("a delay is waited out above"),
+        TryLockOutcome::Layout => unreachable!("try_lock_once upgrades or fails"),
     }
 }
 
@@ -133,8 +134,8 @@ async fn try_lock_once(
     remember_all: bool,
     entry_id: &str,
 ) -> Result<(Reply<TryLockReply>, u64), BackendError> {
-    let sk = req.resource.storage_key();
-    let bucket = bucket_of(&sk);
+    let sk = resource_key(&req.resource);
+    let bucket = bucket_of(&req.resource);
     let owner = OwnerArgs::of(&req.owner)?;
     let node = inner
         .serving_node
@@ -161,7 +162,21 @@ async fn try_lock_once(
         lock_delay: inner.settings.lock_delay,
         knows_generation: inner.generations.knows(bucket),
     };
-    let r = inner.run_gen(bucket, &args).await?;
+    let mut r = inner.run_gen(bucket, &args).await?;
+    if matches!(r.0.body.outcome, TryLockOutcome::Layout) {
+        // The bucket holds data of an older key layout (a backup restored after
+        // connecting upgraded it): upgrade it and ask again.
+        if inner.upgrade_layout {
+            inner.upgrade_bucket(bucket, false).await?;
+            r = inner.run_gen(bucket, &args).await?;
+        }
+        if matches!(r.0.body.outcome, TryLockOutcome::Layout) {
+            return Err(BackendError::Unavailable(format!(
+                "bucket {bucket} of the store holds data of an older key layout: run \
+                 `tflock admin upgrade-layout` (docs/redis-design.md, Layout versions)"
+            )));
+        }
+    }
     if r.0.body.lost.is_some() {
         // This call found a marker gone before any health check did: check every
         // bucket now, which reports the loss once and starts its delay everywhere.
@@ -333,7 +348,7 @@ async fn retry_loop(
                 );
             }
         };
-        let bucket = bucket_of(&req.resource.storage_key());
+        let bucket = bucket_of(&req.resource);
         let r = answer(inner, a, fresh, chg, bucket, generation).await?;
         if r.acquired {
             return Ok(r);

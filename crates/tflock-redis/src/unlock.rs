@@ -10,7 +10,7 @@ use tflock_core::{
 
 use crate::args::{UnlockArgs, UnlockMode, UnlockPullArgs, exact};
 use crate::backend::Inner;
-use crate::keys::{BUCKETS, bucket_of};
+use crate::keys::{BUCKETS, bucket_of, resource_key};
 use crate::reply::{UnlockReply, into_locks};
 
 /// [`tflock_core::Backend::unlock`] on Redis.
@@ -51,8 +51,8 @@ async fn unlock_script(
     resource: &Resource,
     how: UnlockMode<'_>,
 ) -> Result<UnlockResponse, UnlockError> {
-    let sk = resource.storage_key();
-    let bucket = bucket_of(&sk);
+    let sk = resource_key(resource);
+    let bucket = bucket_of(resource);
     let args = UnlockArgs {
         storage_key: &sk,
         how,

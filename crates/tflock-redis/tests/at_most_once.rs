@@ -4,7 +4,7 @@
 //! run just handed to the next waiter.
 //!
 //! The fault is made by a [`FaultProxy`] in front of Redis armed to "cut after
-//! write": it forwards the force unlock's `EVALSHA` (matched by its `force` mode
+//! write": it forwards the force unlock's `FCALL` (matched by its `force` mode
 //! argument, so no other command trips it), lets Redis run it, drops the reply and
 //! cuts the connection; then it forwards again, so a resend would reach Redis and run.
 //!
@@ -17,7 +17,7 @@
 //!   resent, this keeps it so (Sentinel uses the same connection type to the primary
 //!   it resolves).
 //!
-//! Once is proved on Redis itself: the owning node's `cmdstat_evalsha` calls grow by
+//! Once is proved on Redis itself: the owning node's `cmdstat_fcall` calls grow by
 //! exactly one over the force unlock (the backend runs no sweep and shares no events,
 //! so nothing else runs scripts meanwhile), and B, the queued waiter the first run
 //! handed the lock to, still holds it with the next fencing token.
@@ -54,9 +54,10 @@ async fn backend(config: RedisConfig) -> Arc<RedisBackend> {
     .expect("connect")
 }
 
-/// Scripts run on `node` so far: its `EVALSHA` and `EVAL` calls (`INFO commandstats`).
-fn evalsha_calls(node: &RedisServer) -> u64 {
-    ["cmdstat_evalsha", "cmdstat_eval"]
+/// Scripts run on `node` so far: its `FCALL`, `EVALSHA` and `EVAL` calls (`INFO
+/// commandstats`).
+fn script_calls(node: &RedisServer) -> u64 {
+    ["cmdstat_fcall", "cmdstat_evalsha", "cmdstat_eval"]
         .iter()
         .filter_map(|f| node.info_field("commandstats", f))
         .filter_map(|v| {
@@ -75,8 +76,9 @@ async fn force_unlock_with_lost_reply_runs_once(
     node: &RedisServer,
     proxy: &FaultProxy,
 ) {
-    // Scripts are cached on a node by their first EVAL: warm the unlock script up,
-    // so the cut request is the EVALSHA that runs (not one answered NOSCRIPT).
+    // A node gets the function library on the first call that finds it missing:
+    // warm it up, so the cut request is the FCALL that runs (not one answered
+    // "Function not found").
     assert!(matches!(
         b.force_unlock(r, None).await,
         Err(UnlockError::NotFound)
@@ -91,11 +93,11 @@ async fn force_unlock_with_lost_reply_runs_once(
     let queued = b.try_lock(reserve).await.expect("B reserves");
     assert!(queued.queue.is_some(), "B is queued: {queued:?}");
 
-    let before = evalsha_calls(node);
+    let before = script_calls(node);
     proxy.cut_after_write_containing(FORCE);
     let forced = b.force_unlock(r, None).await;
     assert_eq!(proxy.cuts(), 1, "the force unlock went through the proxy");
-    let after = evalsha_calls(node);
+    let after = script_calls(node);
 
     assert!(
         matches!(
@@ -179,7 +181,7 @@ async fn cluster_force_unlock_with_lost_reply_is_not_resent() {
     })
     .await;
     let r = Resource::new("o/at-most-once", ".", "default", "").unwrap();
-    let key = bucket_prefixes(b.key_prefix())[bucket_of(&r.storage_key())].clone();
+    let key = bucket_prefixes(b.key_prefix())[bucket_of(&r)].clone();
     let owner = cluster.primary_for_key(&key);
     force_unlock_with_lost_reply_runs_once(&b, &r, cluster.node(owner), &proxies[owner]).await;
     for (i, p) in proxies.iter().enumerate() {

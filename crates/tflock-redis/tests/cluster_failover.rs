@@ -61,8 +61,8 @@ async fn killed_primary_is_replaced_and_operations_resume() {
     tokio::task::spawn_blocking(move || c.wait_replicas_in_sync())
         .await
         .unwrap();
-    let victim_bucket = bucket_of(&locks[0].resource.storage_key());
-    let key = format!("{prefix}{{b:{victim_bucket:02x}}}:idx");
+    let victim_bucket = bucket_of(&locks[0].resource);
+    let key = format!("{prefix}{{b:{victim_bucket:02x}}}:resources");
     let c = cluster.clone();
     let victim = tokio::task::spawn_blocking(move || {
         let v = c.primary_for_key(&key);

@@ -1,6 +1,6 @@
 //! The queue's order as the scripts count it (issue #18: positions from `ZCOUNT`s on
 //! the four lanes, not from reading the queue) against `tflock_core::queue`'s
-//! `grant_order`, and the owner index `ix:<storage_key>` that finds a request id's or
+//! `grant_order`, and the owner index `owners:<key>` that finds a request id's or
 //! an owner's entry, including its lazy rebuild on a store written before it.
 //!
 //! On a real redis-server with a `ManualClock` (its instant travels in `ARGV[1]`).
@@ -68,13 +68,14 @@ async fn take_holder(b: &SharedBackend, r: &Resource) {
     assert!(held.acquired);
 }
 
-/// The raw keys of the store's owner indexes (`P{b:NN}:ix:<sk>`), counted or deleted
-/// by a script of its own, as an older build's store would lack them.
+/// The raw keys of the store's owner indexes (`P{b:NN}:owners:<resource key>`),
+/// counted or deleted by a script of its own, as an older build's store would lack
+/// them.
 fn ix_keys(config: &RedisConfig, delete: bool) -> usize {
     let script = "local ks = redis.call('KEYS', ARGV[1]) \
                   if ARGV[2] == '1' then for _, k in ipairs(ks) do redis.call('DEL', k) end end \
                   return #ks";
-    let pattern = format!("{}*ix:*", config.key_prefix);
+    let pattern = format!("{}*owners:*", config.key_prefix);
     let out = common::standalone_server().redis_cli([
         "EVAL",
         script,

@@ -1,5 +1,5 @@
 //! The Redis backend beyond the contract suite, each test on its own redis-server:
-//! TLS, start-up errors that name the setting, `SCRIPT FLUSH`, AOF restarts, a hung
+//! TLS, start-up errors that name the setting, `FUNCTION FLUSH`, AOF restarts, a hung
 //! server, `min_replicas_ack`, and two backends sharing one Redis.
 
 mod common;
@@ -201,20 +201,28 @@ async fn acl_user_outside_its_key_pattern_names_key_prefix() {
     assert_eq!(err.setting, "redis.key_prefix", "{err}");
 }
 
+/// The backend's scripts are a function library: a node that loses it (`FUNCTION
+/// FLUSH`, a restart without data) gets it again from the next call, which then
+/// runs (`SCRIPT FLUSH`, which drops plain scripts, leaves functions alone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn script_flush_between_calls_is_recovered() {
+async fn function_and_script_flush_between_calls_are_recovered() {
     let server = start(RedisOptions::default()).await;
     let b = connect(config_for(&server), Arc::new(SystemClock)).await;
     let r = resource("o/flush");
     let lock = grant(&b, LockRequest::new(r.clone(), "a")).await;
-    assert_eq!(server.redis_cli(["SCRIPT", "FLUSH"]), "OK");
-    let held = b.get_lock(&r).await.unwrap().expect("held");
-    assert_eq!(held.fencing_token, lock.fencing_token);
-    assert_eq!(server.redis_cli(["SCRIPT", "FLUSH"]), "OK");
+    for flush in [["FUNCTION", "FLUSH"], ["SCRIPT", "FLUSH"]] {
+        assert_eq!(server.redis_cli(flush), "OK");
+        let held = b.get_lock(&r).await.unwrap().expect("held");
+        assert_eq!(held.fencing_token, lock.fencing_token);
+    }
+    assert_eq!(server.redis_cli(["FUNCTION", "FLUSH"]), "OK");
     b.unlock(&r, lock.lease_id.as_ref().unwrap()).await.unwrap();
-    assert_eq!(server.redis_cli(["SCRIPT", "FLUSH"]), "OK");
+    assert_eq!(server.redis_cli(["FUNCTION", "FLUSH"]), "OK");
     let again = grant(&b, LockRequest::new(r.clone(), "b")).await;
     assert!(again.fencing_token > lock.fencing_token);
+    // One library of this build's version is loaded.
+    let libs = server.redis_cli(["FUNCTION", "LIST"]);
+    assert!(libs.contains("tflock_"), "{libs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,7 +37,7 @@ fn resource(repo: &str) -> Resource {
 fn same_bucket(n: usize, bucket: usize) -> Vec<Resource> {
     (0..)
         .map(|i| resource(&format!("o/r{i}")))
-        .filter(|r| bucket_of(&r.storage_key()) == bucket)
+        .filter(|r| bucket_of(r) == bucket)
         .take(n)
         .collect()
 }
@@ -254,7 +254,7 @@ async fn foreign_snapshot_is_imported(base: fn() -> RedisConfig) {
     // bucket of this backend (0xff is none; 0x00 is bucket 0, which is not theirs).
     let foreign = format!("ff{}", &"0123456789abcdef".repeat(2)[..30]);
     let lookalike = format!("00{}", &"fedcba9876543210".repeat(2)[..30]);
-    assert_ne!(bucket_of(&held.storage_key()), 0);
+    assert_ne!(bucket_of(&held), 0);
     let snap = snapshot(vec![
         ResourceSnapshot {
             resource: held.clone(),

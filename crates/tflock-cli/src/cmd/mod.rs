@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod health;

@@ -170,8 +170,20 @@ async fn click(c: &Client, css: &str) {
     }
 }
 
+/// The element's text. A live update may replace the element between finding it
+/// and reading it (a stale element): found again, like `click`.
 async fn text(c: &Client, css: &str) -> String {
-    element(c, css).await.text().await.expect("text")
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        match element(c, css).await.text().await {
+            Ok(t) => return t,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "cannot read the text of {css} within {EVENTUALLY:?}: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn screenshot(c: &Client, name: &str, docs_name: Option<&str>) {
