@@ -1003,8 +1003,9 @@ pub fn render(r: &Results, previous: &str, plots: &str, files: &[String]) -> Str
         o,
         "Raw results of this run: [`results.json`]({plots}/results.json)."
     );
-    // Sections other tools write (scripts/bench-http, scripts/bench-terraform) are
-    // carried over as they are, so a run of this generator never drops them.
+    // Sections other tools write (the tflock-redis example scale_cost,
+    // scripts/bench-http, scripts/bench-terraform) are carried over as they are, in
+    // this order, so a run of this generator never drops them.
     for name in WRITTEN_ELSEWHERE {
         if let Some(block) = written_elsewhere(previous, name) {
             let _ = writeln!(o, "\n{block}");
@@ -1015,7 +1016,7 @@ pub fn render(r: &Results, previous: &str, plots: &str, files: &[String]) -> Str
 
 /// Sections of the report written by other tools, between `<!-- NAME:begin -->` and
 /// `<!-- NAME:end -->`.
-const WRITTEN_ELSEWHERE: [&str; 2] = ["bench-http", "bench-terraform"];
+const WRITTEN_ELSEWHERE: [&str; 3] = ["redis-scale", "bench-http", "bench-terraform"];
 
 /// The block `name` of `previous` written by another tool, markers included.
 fn written_elsewhere(previous: &str, name: &str) -> Option<String> {
@@ -1036,6 +1037,19 @@ mod tests {
             Some("<!-- bench-http:begin -->\n## HTTP\nfigures\n<!-- bench-http:end -->")
         );
         assert_eq!(written_elsewhere(prev, "bench-terraform"), None);
+    }
+
+    #[test]
+    fn redis_scale_is_carried_over_before_bench_http() {
+        let prev = "a\n<!-- redis-scale:begin -->\n## Scale\nbytes\n<!-- redis-scale:end -->\n\n<!-- bench-http:begin -->\n## HTTP\n<!-- bench-http:end -->\nb";
+        let out = super::render(&super::Results::default(), prev, "bench", &[]);
+        let scale = out
+            .find("<!-- redis-scale:begin -->\n## Scale\nbytes\n<!-- redis-scale:end -->")
+            .expect("redis-scale carried over");
+        let http = out
+            .find("<!-- bench-http:begin -->")
+            .expect("bench-http carried over");
+        assert!(scale < http, "redis-scale comes before bench-http");
     }
 
     use super::*;
