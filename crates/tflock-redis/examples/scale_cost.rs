@@ -208,8 +208,8 @@ async fn commandstats(c: &mut MultiplexedConnection) -> BTreeMap<String, (u64, u
 
 /// Commands and script usec per unit (`div` units), leaving out the measuring
 /// commands themselves; and the list `command calls/unit / usec/unit`. A script
-/// counts once as `evalsha` and once per `redis.call` inside it, and its usec
-/// include theirs.
+/// counts once as `fcall` (`evalsha` before the function library) and once per
+/// `redis.call` inside it, and its usec include theirs.
 fn per_unit(stats: &BTreeMap<String, (u64, u64)>, div: f64) -> (f64, f64, String) {
     let mut rows: Vec<(&String, &(u64, u64))> = stats
         .iter()
@@ -219,7 +219,7 @@ fn per_unit(stats: &BTreeMap<String, (u64, u64)>, div: f64) -> (f64, f64, String
     let calls: u64 = rows.iter().map(|r| r.1.0).sum();
     let script: u64 = rows
         .iter()
-        .filter(|r| matches!(r.0.as_str(), "evalsha" | "eval"))
+        .filter(|r| matches!(r.0.as_str(), "fcall" | "evalsha" | "eval"))
         .map(|r| r.1.1)
         .sum();
     let list = rows
@@ -553,7 +553,12 @@ async fn main() {
         format!(
             "lease hash {lk} bytes + token string {tk} bytes = {}; its bucket's sorted sets per member: {}",
             lk + tk,
-            bucket_breakdown(&mut c, &bucket_of(&lock_key), &["due", "idx", "tidx"]).await
+            bucket_breakdown(
+                &mut c,
+                &bucket_of(&lock_key),
+                &["expiries", "resources", "tokens"]
+            )
+            .await
         ),
     );
 
@@ -735,23 +740,33 @@ async fn main() {
     );
     let entries_key = one_key(&mut c, "*}:entries:*").await;
     let ek = memory_usage(&mut c, &entries_key).await.unwrap_or(0);
-    let ix = memory_usage(&mut c, &entries_key.replacen("}:entries:", "}:ix:", 1))
+    let ix = memory_usage(&mut c, &entries_key.replacen("}:entries:", "}:owners:", 1))
         .await
         .unwrap_or(0);
     let mut lane = 0;
     for p in 0..4 {
-        let k = entries_key.replacen("}:entries:", &format!("}}:q{p}:"), 1);
+        let k = entries_key.replacen("}:entries:", &format!("}}:queue{p}:"), 1);
         lane += memory_usage(&mut c, &k).await.unwrap_or(0);
     }
     let bucket = bucket_of(&entries_key);
     row(
         "MEMORY USAGE of one queued resource's keys",
         format!(
-            "{per} entries: entries hash {ek} bytes ({:.0}/entry), owner index ix {ix} bytes ({:.0}/entry), lanes q0..q3 {lane} bytes ({:.0}/entry); its bucket's keys per member: {}",
+            "{per} entries: entries hash {ek} bytes ({:.0}/entry), owner index owners {ix} bytes ({:.0}/entry), lanes queue0..queue3 {lane} bytes ({:.0}/entry); its bucket's keys per member: {}",
             ek as f64 / per as f64,
             ix as f64 / per as f64,
             lane as f64 / per as f64,
-            bucket_breakdown(&mut c, &bucket, &["eidx", "edl", "answers", "answers_due"]).await
+            bucket_breakdown(
+                &mut c,
+                &bucket,
+                &[
+                    "entry_resources",
+                    "entry_deadlines",
+                    "answers",
+                    "answers_due"
+                ]
+            )
+            .await
         ),
     );
 
