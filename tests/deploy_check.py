@@ -511,7 +511,8 @@ def cluster_forming_scripts():
             assert "6379" not in local, f"{name}: a node address was not mapped:\n{local}"
             first = run_forming_script(local, nodes)
             assert "All 16384 slots covered" in first.stdout, first.stdout
-            assert nodes.state() == ["ok"] * 3
+            # The script promises every node is ready when it exits 0 (tflock starts then).
+            assert nodes.state() == ["ok"] * 3, f"{name}: cluster_state per node {nodes.state()}:\n{first.stdout}"
             again = run_forming_script(local, nodes)
             assert "already form a cluster" in again.stdout and "cluster_state:ok" in again.stdout, again.stdout
             done.append(name)
