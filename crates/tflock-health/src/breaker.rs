@@ -287,8 +287,6 @@ impl CircuitBreaker {
         let from = inner.state;
         inner.state = to;
         inner.transitions += 1;
-        metrics::counter!("tflock_breaker_transitions_total", "from" => from.as_str(), "to" => to.as_str()).increment(1);
-        metrics::gauge!("tflock_breaker_state").set(to.gauge());
         match to {
             BreakerState::Open => {
                 // A monitor, if one runs, probes from now on at the probe schedule.

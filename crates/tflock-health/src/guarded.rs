@@ -95,7 +95,6 @@ impl Health {
     /// [`crate::breaker`].
     pub fn record_check(&self, result: Result<BackendHealth, String>) {
         self.breaker.record_check(result.is_ok());
-        let ok = matches!(&result, Ok(h) if h.healthy);
         let now = self.clock.now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match result {
@@ -105,7 +104,6 @@ impl Health {
                 last.2 = Some(now);
             }
         }
-        metrics::gauge!("tflock_backend_up").set(if ok { 1.0 } else { 0.0 });
     }
 
     /// The report, with lock and queue counts from `metrics` when the backend gave them.
@@ -212,7 +210,7 @@ impl GuardedBackend {
         &self.health
     }
 
-    async fn call<T, E, F>(&self, op: &'static str, timed: bool, f: F) -> Result<T, E>
+    async fn call<T, E, F>(&self, timed: bool, f: F) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
         E: From<BackendError> + Coded,
@@ -223,7 +221,6 @@ impl GuardedBackend {
         let permit = match self.health.breaker.try_acquire() {
             Ok(p) => p,
             Err(r) => {
-                metrics::counter!("tflock_backend_operations_total", "op" => op, "outcome" => "rejected").increment(1);
                 return Err(BackendError::Unavailable(format!(
                     "circuit breaker is {}: the backend failed repeatedly; retry in {}s",
                     r.state.as_str().replace('_', "-"),
@@ -244,12 +241,7 @@ impl GuardedBackend {
             let elapsed = start.elapsed();
             if timed {
                 w.record(elapsed, failed);
-                metrics::histogram!("tflock_backend_operation_duration_seconds", "op" => op)
-                    .record(elapsed.as_secs_f64());
             }
-            let outcome = code.map_or("ok", ErrorCode::as_str);
-            metrics::counter!("tflock_backend_operations_total", "op" => op, "outcome" => outcome)
-                .increment(1);
         }
         r
     }
@@ -264,13 +256,7 @@ impl Backend for GuardedBackend {
     async fn try_lock(&self, request: LockRequest) -> Result<LockResponse, TryLockError> {
         // A waiting call's duration is mostly queueing, not backend latency.
         let timed = request.wait.is_none();
-        let r = self
-            .call("try_lock", timed, self.inner.try_lock(request))
-            .await;
-        if let Ok(resp) = &r {
-            metrics::counter!("tflock_lock_requests_total", "acquired" => if resp.acquired { "true" } else { "false" }).increment(1);
-        }
-        r
+        self.call(timed, self.inner.try_lock(request)).await
     }
 
     async fn unlock(
@@ -278,8 +264,7 @@ impl Backend for GuardedBackend {
         resource: &Resource,
         lease_id: &LeaseId,
     ) -> Result<UnlockResponse, UnlockError> {
-        self.call("unlock", true, self.inner.unlock(resource, lease_id))
-            .await
+        self.call(true, self.inner.unlock(resource, lease_id)).await
     }
 
     async fn force_unlock(
@@ -287,12 +272,8 @@ impl Backend for GuardedBackend {
         resource: &Resource,
         expected_token: Option<tflock_core::FencingToken>,
     ) -> Result<UnlockResponse, UnlockError> {
-        self.call(
-            "force_unlock",
-            true,
-            self.inner.force_unlock(resource, expected_token),
-        )
-        .await
+        self.call(true, self.inner.force_unlock(resource, expected_token))
+            .await
     }
 
     async fn unlock_by_pull(
@@ -300,12 +281,7 @@ impl Backend for GuardedBackend {
         repo: &str,
         pull: u64,
     ) -> Result<PullUnlockResponse, UnlockError> {
-        self.call(
-            "unlock_by_pull",
-            true,
-            self.inner.unlock_by_pull(repo, pull),
-        )
-        .await
+        self.call(true, self.inner.unlock_by_pull(repo, pull)).await
     }
 
     async fn refresh_lock(
@@ -314,12 +290,8 @@ impl Backend for GuardedBackend {
         lease_id: &LeaseId,
         ttl: Duration,
     ) -> Result<Lock, RefreshError> {
-        self.call(
-            "refresh",
-            true,
-            self.inner.refresh_lock(resource, lease_id, ttl),
-        )
-        .await
+        self.call(true, self.inner.refresh_lock(resource, lease_id, ttl))
+            .await
     }
 
     async fn transfer_lock(
@@ -328,32 +300,24 @@ impl Backend for GuardedBackend {
         auth: TransferAuth,
         to: Owner,
     ) -> Result<Lock, TransferError> {
-        self.call(
-            "transfer",
-            true,
-            self.inner.transfer_lock(resource, auth, to),
-        )
-        .await
+        self.call(true, self.inner.transfer_lock(resource, auth, to))
+            .await
     }
 
     async fn get_lock(&self, resource: &Resource) -> Result<Option<Lock>, QueryError> {
-        self.call("get_lock", true, self.inner.get_lock(resource))
-            .await
+        self.call(true, self.inner.get_lock(resource)).await
     }
 
     async fn list_locks(&self, filter: LockFilter) -> Result<LockPage, QueryError> {
-        self.call("list_locks", true, self.inner.list_locks(filter))
-            .await
+        self.call(true, self.inner.list_locks(filter)).await
     }
 
     async fn get_queue_status(&self, resource: &Resource) -> Result<QueueStatus, QueryError> {
-        self.call("queue_status", true, self.inner.get_queue_status(resource))
-            .await
+        self.call(true, self.inner.get_queue_status(resource)).await
     }
 
     async fn get_user_queue(&self, username: &str) -> Result<Vec<QueueEntryView>, QueryError> {
-        self.call("user_queue", true, self.inner.get_user_queue(username))
-            .await
+        self.call(true, self.inner.get_user_queue(username)).await
     }
 
     async fn cancel_queue_entry(
@@ -362,7 +326,6 @@ impl Backend for GuardedBackend {
         expected_resource: Option<&Resource>,
     ) -> Result<QueueEntryView, CancelError> {
         self.call(
-            "cancel_entry",
             true,
             self.inner.cancel_queue_entry(entry_id, expected_resource),
         )
@@ -375,12 +338,11 @@ impl Backend for GuardedBackend {
     }
 
     async fn get_metrics(&self) -> Result<BackendMetrics, BackendError> {
-        self.call("get_metrics", false, self.inner.get_metrics())
-            .await
+        self.call(false, self.inner.get_metrics()).await
     }
 
     async fn export(&self) -> Result<tflock_core::Snapshot, BackendError> {
-        self.call("export", false, self.inner.export()).await
+        self.call(false, self.inner.export()).await
     }
 
     async fn import(
@@ -388,8 +350,7 @@ impl Backend for GuardedBackend {
         snapshot: tflock_core::Snapshot,
         options: tflock_core::ImportOptions,
     ) -> Result<tflock_core::ImportReport, tflock_core::ImportError> {
-        self.call("import", false, self.inner.import(snapshot, options))
-            .await
+        self.call(false, self.inner.import(snapshot, options)).await
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LockEvent> {

@@ -386,9 +386,11 @@ async fn own_report(state: &AppState) -> LockingHealth {
     responses((status = 200, description = "Prometheus text exposition format",
         content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let breaker = state.health().map(|h| h.breaker.state());
+    let breaker = state
+        .health()
+        .map(|h| (h.breaker.state(), h.breaker.transitions()));
     // A scrape must not spend a half-open breaker's probe: ask only when closed.
-    let backend = if breaker.is_none_or(|b| b == BreakerState::Closed) {
+    let backend = if breaker.is_none_or(|(b, _)| b == BreakerState::Closed) {
         bounded(&state, state.backend().get_metrics()).await.ok()
     } else {
         None

@@ -14,7 +14,14 @@
 //! - `tflock_active_locks`, `tflock_queue_depth`, `tflock_handoffs_total`,
 //!   `tflock_expiries_total`, `tflock_store_data_loss_total`, `tflock_backend_up`: read
 //!   from the backend at scrape time.
-//! - `tflock_circuit_breaker_state`: 0 closed, 1 half-open, 2 open (with a breaker).
+//! - `tflock_circuit_breaker_state`: 0 closed, 1 half-open, 2 open, and
+//!   `tflock_circuit_breaker_transitions_total`: its state changes since start (with a
+//!   breaker).
+//!
+//! Only series recorded here reach `/metrics`: no process-global recorder is
+//! installed, so a `counter!` elsewhere would record into nothing (a test below
+//! guards it). Other crates expose counts (the breaker's transitions, the backend's
+//! hand-offs) and this module reads them at scrape time.
 //! - `tflock_webhook_deliveries_total{receiver, outcome}` (`delivered`, `failed`),
 //!   `tflock_webhook_retries_total{receiver}`, `tflock_webhook_dropped_total{receiver}`
 //!   (events dropped because the receiver's queue was full) and
@@ -141,11 +148,12 @@ impl Metrics {
     }
 
     /// The Prometheus text, with the backend's counts as of now (`None`: unreachable
-    /// or not asked), the breaker's state and the webhooks' counts.
+    /// or not asked), the breaker's state and its transitions since start, and the
+    /// webhooks' counts.
     pub(crate) fn render(
         &self,
         backend: Option<BackendMetrics>,
-        breaker: Option<BreakerState>,
+        breaker: Option<(BreakerState, u64)>,
         webhooks: Option<Vec<ReceiverStats>>,
     ) -> String {
         self.with(|| {
@@ -162,8 +170,9 @@ impl Metrics {
                 }
                 None => gauge!("tflock_backend_up").set(0.0),
             }
-            if let Some(b) = breaker {
+            if let Some((b, transitions)) = breaker {
                 gauge!("tflock_circuit_breaker_state").set(b.gauge());
+                counter!("tflock_circuit_breaker_transitions_total").absolute(transitions);
             }
             for r in webhooks.unwrap_or_default() {
                 let receiver = r.receiver.to_string();
@@ -272,6 +281,10 @@ fn describe() {
         "The backend's circuit breaker: 0 closed, 1 half-open, 2 open"
     );
     describe_counter!(
+        "tflock_circuit_breaker_transitions_total",
+        "State changes of the backend's circuit breaker since the server started"
+    );
+    describe_counter!(
         "tflock_webhook_deliveries_total",
         "Webhook deliveries by receiver and outcome (delivered, failed after its retries)"
     );
@@ -307,6 +320,47 @@ mod tests {
         assert_eq!(p.error_rate, 0.0);
     }
 
+    /// Every metric macro in the workspace's code is in this file: one anywhere
+    /// else records into the process-global recorder, which nobody installs, and its
+    /// series never reach `/metrics` (the circuit breaker and guarded backend once
+    /// recorded five series that way).
+    #[test]
+    fn no_metric_is_recorded_outside_this_module() {
+        let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut found = Vec::new();
+        let mut stack = vec![crates];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("readable source tree") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    if path.file_name().is_some_and(|n| n != "target") {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                let is_src = path.extension().is_some_and(|e| e == "rs")
+                    && path.components().any(|c| c.as_os_str() == "src");
+                if !is_src || path.ends_with("tflock-server/src/metrics.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("readable source");
+                for (i, line) in text.lines().enumerate() {
+                    if ["counter!(", "gauge!(", "histogram!("]
+                        .iter()
+                        .any(|m| line.contains(m))
+                    {
+                        found.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "metrics recorded outside tflock-server's Metrics never reach /metrics:\n{}",
+            found.join("\n")
+        );
+    }
+
     #[test]
     fn render_has_operation_and_backend_series() {
         let m = Metrics::new();
@@ -319,10 +373,14 @@ mod tests {
                 expiries: 0,
                 data_losses: 2,
             }),
-            Some(BreakerState::HalfOpen),
+            Some((BreakerState::HalfOpen, 2)),
             None,
         );
         assert!(text.contains("tflock_circuit_breaker_state 1"), "{text}");
+        assert!(
+            text.contains("tflock_circuit_breaker_transitions_total 2"),
+            "{text}"
+        );
         assert!(text.contains("tflock_store_data_loss_total 2"), "{text}");
         assert!(
             text.contains(r#"tflock_operations_total{operation="acquire",outcome="acquired"} 1"#),

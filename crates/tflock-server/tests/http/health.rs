@@ -171,9 +171,20 @@ async fn a_paused_redis_opens_the_breaker_and_recovery_closes_it() {
     );
     let (status, body) = s.get("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let before = health.breaker.transitions();
+    let text = s.metrics().await;
+    let after = health.breaker.transitions();
     assert!(
-        s.metrics().await.contains("tflock_circuit_breaker_state 2"),
+        text.contains("tflock_circuit_breaker_state 2"),
         "the breaker's state is a gauge"
+    );
+    // Its state changes are counted where Prometheus sees them (they once went to a
+    // global recorder nobody installed).
+    let opened = breaker_transitions(&text);
+    assert!(opened >= 1, "closed -> open counted: {text}");
+    assert!(
+        (before..=after).contains(&opened),
+        "the breaker's own count, {before}..={after}, scraped: {opened}"
     );
 
     // Redis is back. With the monitor stopped nothing probes, so the breaker is seen
@@ -220,8 +231,24 @@ async fn a_paused_redis_opens_the_breaker_and_recovery_closes_it() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _) = s.get("/readyz").await;
     assert_eq!(status, StatusCode::OK);
+    let closed = breaker_transitions(&s.metrics().await);
+    assert!(
+        closed >= opened + 2,
+        "open -> half-open -> closed counted: {opened} then {closed}"
+    );
     monitor.abort();
     s.shutdown().await;
+}
+
+/// `tflock_circuit_breaker_transitions_total` in a scrape.
+fn breaker_transitions(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tflock_circuit_breaker_transitions_total "))
+        .unwrap_or_else(|| panic!("no breaker transitions series:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("a count")
 }
 
 /// Over the embedded store: a closed store fails calls until the breaker opens, and
