@@ -10,8 +10,11 @@
 -- ARGV[11]  username filter or ''
 -- ARGV[12]  most index members to scan in this call
 --
--- Reply (JSON): locks (public, each with sk), last = the last resource key scanned,
--- done = true when the bucket has nothing after `last`; plus ev/ho/now.
+-- Reply (JSON): locks (public views, each as the list [sk, meta, prio, token,
+-- acquired, expires, ttl, claim]: the fields of reply.rs RawLock in its order, which
+-- serde reads from a list as from an object, without a name per field for cjson to
+-- encode and Lua to hold), last = the last resource key scanned, done = true when
+-- the bucket has nothing after `last`; plus ev/ho/now.
 
 local after, want = ARGV[7], tonumber(ARGV[8])
 local repo, owner, user = ARGV[9], ARGV[10], ARGV[11]
@@ -39,10 +42,13 @@ while #locks < want and scanned < cap do
     scanned = scanned + 1
     last = sk
     if string.sub(sk, 1, #prefix) == prefix then
-      local l = read_lock(sk)
-      if l and tonumber(l.expires) > NOW
-        and (owner == '' or l.owner == owner) and (user == '' or l.user == user) then
-        locks[#locks + 1] = lock_view(sk, l, false)
+      -- Only the public view's fields (prelude lock_view) and the user filter's: a
+      -- page reads thousands of locks, and every field read becomes a Lua string.
+      local f = redis.call('HMGET', k_lock(sk),
+        'owner', 'meta', 'prio', 'token', 'acquired', 'expires', 'ttl', 'claim', 'user')
+      if f[1] and tonumber(f[6]) > NOW
+        and (owner == '' or f[1] == owner) and (user == '' or f[9] == user) then
+        locks[#locks + 1] = { sk, f[2], f[3], f[4], f[5], f[6], f[7], f[8] }
         if #locks >= want then break end
       end
     end

@@ -32,6 +32,11 @@ local SEP = '\31'
 local P, NOW, CLAIM, STARVE, MAXBOOST, SEED, PUB, ORIGIN, ROOT
 -- What this call did, returned to the client: events to publish, hand-off count.
 local EV, HANDOFFS, IDS
+-- What this call already knows of a resource's queue: QUEUED[sk] is false when its
+-- entries hash was seen missing (and nothing was added since), true when this call
+-- added an entry, nil when not known. It spares the uncontended path the reads that
+-- would find an empty queue again (hand-off lanes, owner index, gc).
+local QUEUED
 -- Set by a duty a leader runs under its epoch (fenced): published with its events.
 local EPOCH
 local PUBS, PUBERR
@@ -64,6 +69,7 @@ local function begin(keys, argv)
   -- The key prefix without the bucket's tag `{b:NN}:` (7 bytes).
   ROOT = string.sub(P, 1, #P - 7)
   EV, HANDOFFS, IDS, EPOCH, PUBS, PUBERR = {}, 0, 0, nil, 0, nil
+  QUEUED = {}
   K_DUE = P .. 'expiries'          -- zset: resource key -> lease expiry
   K_EDL = P .. 'entry_deadlines'   -- zset: entry id -> when the sweeper drops it
   K_IDX = P .. 'resources'         -- zset (score 0): resource keys with a lock or a queue
@@ -94,6 +100,16 @@ local function k_lane(p, sk) return P .. 'queue' .. p .. ':' .. sk end
 local function k_entries(sk) return P .. 'entries:' .. sk end
 local function k_ix(sk) return P .. 'owners:' .. sk end
 local function k_wake(id) return P .. 'wake:' .. id end
+
+-- Whether the resource has queue entries, read once per call (see QUEUED).
+local function queued(sk)
+  local q = QUEUED[sk]
+  if q == nil then
+    q = redis.call('EXISTS', k_entries(sk)) == 1
+    QUEUED[sk] = q
+  end
+  return q
+end
 
 -- A waiter's confirmation records the entry (`cent`) and the claim's expiry (`cexp`)
 -- in the lock, until the lease reaches someone else's hands (a refresh, re-lock,
@@ -144,6 +160,7 @@ local function read_lock(sk)
 end
 
 -- The lock as the client decodes it; with_lease = false is the public view.
+-- (list.lua reads these same fields with HMGET: keep the two in step.)
 local function lock_view(sk, l, with_lease)
   local v = {
     sk = sk, owner = l.owner, meta = l.meta, prio = l.prio, token = l.token,
@@ -245,8 +262,8 @@ end
 -- A store written before the index (entries but no `ix`) gets it now, from one scan
 -- of the entries in hash order; from then on it is kept up to date.
 local function ensure_ix(sk)
+  if not queued(sk) then return end
   if redis.call('EXISTS', k_ix(sk)) == 1 then return end
-  if redis.call('EXISTS', k_entries(sk)) == 0 then return end
   local raw = redis.call('HGETALL', k_entries(sk))
   for i = 2, #raw, 2 do ix_add(sk, cjson.decode(raw[i])) end
 end
@@ -254,6 +271,7 @@ end
 -- The entry the index names under `field`, decoded, if it still exists and is that
 -- owner's (with that request id, or a reservation); else nil.
 local function ix_entry(sk, field)
+  if not queued(sk) then return nil end
   ensure_ix(sk)
   local id = redis.call('HGET', k_ix(sk), field)
   if not id then return nil end
@@ -270,12 +288,13 @@ local function add_entry(sk, e)
   redis.call('ZADD', k_lane(e.prio, sk), e.enq, e.id)
   redis.call('HSET', K_EIDX, e.id, sk)
   ix_add(sk, e)
+  QUEUED[sk] = true
 end
 
 -- Drops a resource from the index once it has neither lock nor queue. Its token
 -- key stays: tokens are never reused.
 local function gc(sk)
-  if redis.call('EXISTS', k_lock(sk)) == 0 and redis.call('EXISTS', k_entries(sk)) == 0 then
+  if not queued(sk) and redis.call('EXISTS', k_lock(sk)) == 0 then
     redis.call('ZREM', K_IDX, sk)
   end
 end
@@ -287,7 +306,8 @@ local function remove_entry(sk, id)
   local e = cjson.decode(raw)
   redis.call('HDEL', k_entries(sk), id)
   redis.call('ZREM', k_lane(e.prio, sk), id)
-  if redis.call('EXISTS', k_entries(sk)) == 0 then
+  QUEUED[sk] = nil
+  if not queued(sk) then
     redis.call('DEL', k_ix(sk))
   else
     local k = k_ix(sk)
@@ -317,10 +337,13 @@ end
 -- when Redis lost the counter (restart without persistence, an old backup, a lagged
 -- replica promoted): docs/contract.md, "Fencing token".
 local function next_token(sk)
-  local t = tonumber(redis.call('GET', k_token(sk)) or '0') + 1
+  local last = redis.call('GET', k_token(sk))
+  local t = tonumber(last or '0') + 1
   if NOW > t then t = NOW end
   redis.call('SET', k_token(sk), fmt(t))
-  redis.call('ZADD', K_TIDX, 0, sk)
+  -- A counter is indexed when it is first written (here or by import.lua), in the
+  -- same script, so one that exists is in the index already.
+  if not last then redis.call('ZADD', K_TIDX, 0, sk) end
   return t
 end
 
@@ -348,6 +371,7 @@ end
 -- dropped on the way (their owners are told). Returns the granted entry's view.
 local function handoff(sk)
   while true do
+    if not queued(sk) then return nil end
     local best
     for p = 0, 3 do
       local head = redis.call('ZRANGE', k_lane(p, sk), 0, 0, 'WITHSCORES')
@@ -390,7 +414,8 @@ local function release(sk, l, kind)
   redis.call('ZREM', K_DUE, sk)
   emit(kind, sk, l.owner, l.token, nil)
   local to = handoff(sk)
-  gc(sk)
+  -- Not handed on: the lock was just deleted, so gc's question is the queue's only.
+  if not to and not queued(sk) then redis.call('ZREM', K_IDX, sk) end
   return to
 end
 
@@ -401,7 +426,7 @@ local function settle(sk)
   if l then
     if tonumber(l.expires) > NOW then return l end
     release(sk, l, 'lock.expired')
-  elseif redis.call('EXISTS', k_entries(sk)) == 1 then
+  elseif queued(sk) then
     handoff(sk)
   else
     return nil

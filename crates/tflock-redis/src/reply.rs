@@ -139,7 +139,8 @@ impl RawEvent {
     }
 }
 
-/// A lock as a script shows it (`lease` only for the holder).
+/// A lock as a script shows it (`lease` only for the holder): an object, or from
+/// list.lua a list of the fields before `lease` in this order (keep the two in step).
 #[derive(Debug, Clone, Deserialize)]
 pub struct RawLock {
     pub sk: String,
