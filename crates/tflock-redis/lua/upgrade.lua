@@ -100,6 +100,10 @@ for _, sk in ipairs(sks) do
         end
       end
     end
+    -- Every counter in the tokens index (export reads it; prelude next_token
+    -- indexes only the counters it creates): a store written before layout 1 had
+    -- `tidx` holds counters that only `idx`, `due` or `eidx` lead to.
+    if redis.call('EXISTS', P .. 'token:' .. nk) == 1 then redis.call('ZADD', K_TIDX, 0, nk) end
   end
 end
 if dry then

@@ -359,6 +359,40 @@ async fn a_layout1_store_is_upgraded_in_place_keeping_everything() {
     b.close().await;
 }
 
+/// A counter that only the lock index leads to (a store written before layout 1
+/// indexed its counters in `tidx`) is indexed by the upgrade: once the lock is
+/// released, export still finds the resource's last token.
+#[tokio::test]
+async fn a_counter_outside_the_token_index_is_indexed_by_the_upgrade() {
+    let config = config();
+    let mut old = Layout1::new(&config).await;
+    old.mark_generations().await;
+    let r = res("org/older", ".", "default", "");
+    let (lease, token) = grant(&old.try_lock(&r, "alice", "n", "").await.unwrap());
+    let bucket = bucket_of(&r);
+    let removed: i64 = redis::cmd("ZREM")
+        .arg(format!("{}tidx", old.prefixes[bucket]))
+        .arg(r.storage_key())
+        .query_async(&mut old.conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the layout-1 grant indexed its counter");
+
+    let b = connect(&config, true).await;
+    b.unlock(&r, &LeaseId::parse("lease_id", lease).unwrap())
+        .await
+        .unwrap();
+    let snapshot = b.export().await.unwrap();
+    let found: Vec<_> = snapshot
+        .resources
+        .iter()
+        .filter(|s| s.resource == r)
+        .map(|s| s.last_token)
+        .collect();
+    assert_eq!(found, vec![token], "{snapshot:?}");
+    b.close().await;
+}
+
 #[tokio::test]
 async fn a_dry_run_changes_nothing_and_an_unupgraded_store_grants_nothing() {
     let config = config();
