@@ -229,19 +229,17 @@ impl GuardedBackend {
                 .into());
             }
         };
-        let start = self.health.window.as_ref().map(|_| Instant::now());
+        // Only a timed call with a window to record it in is timed.
+        let window = self.health.window.as_ref().filter(|_| timed);
+        let start = window.map(|_| Instant::now());
         let r = f.await;
-        let code = r.as_ref().err().map(Coded::error_code);
         let failed = matches!(
-            code,
+            r.as_ref().err().map(Coded::error_code),
             Some(ErrorCode::BackendUnavailable | ErrorCode::Internal)
         );
         permit.record(!failed);
-        if let (Some(w), Some(start)) = (&self.health.window, start) {
-            let elapsed = start.elapsed();
-            if timed {
-                w.record(elapsed, failed);
-            }
+        if let (Some(w), Some(start)) = (window, start) {
+            w.record(start.elapsed(), failed);
         }
         r
     }

@@ -292,9 +292,9 @@ local function add_entry(sk, e)
 end
 
 -- Drops a resource from the index once it has neither lock nor queue. Its token
--- key stays: tokens are never reused.
-local function gc(sk)
-  if not queued(sk) and redis.call('EXISTS', k_lock(sk)) == 0 then
+-- key stays: tokens are never reused. `unlocked`: the caller knows the lock is gone.
+local function gc(sk, unlocked)
+  if not queued(sk) and (unlocked or redis.call('EXISTS', k_lock(sk)) == 0) then
     redis.call('ZREM', K_IDX, sk)
   end
 end
@@ -414,8 +414,8 @@ local function release(sk, l, kind)
   redis.call('ZREM', K_DUE, sk)
   emit(kind, sk, l.owner, l.token, nil)
   local to = handoff(sk)
-  -- Not handed on: the lock was just deleted, so gc's question is the queue's only.
-  if not to and not queued(sk) then redis.call('ZREM', K_IDX, sk) end
+  -- Handed on, the resource is held; else its lock was just deleted.
+  if not to then gc(sk, true) end
   return to
 end
 

@@ -78,7 +78,8 @@ local resources, entries, tokens, conflicts = 0, 0, 0, 0
 for _, sk in ipairs(sks) do
   local nk = new[sk]
   resources = resources + 1
-  if redis.call('EXISTS', P .. 'token:' .. sk) == 1 then tokens = tokens + 1 end
+  local has_token = redis.call('EXISTS', P .. 'token:' .. sk) == 1
+  if has_token then tokens = tokens + 1 end
   entries = entries + redis.call('HLEN', P .. 'entries:' .. sk)
   if not dry then
     for _, m in ipairs(MOVES) do
@@ -100,10 +101,11 @@ for _, sk in ipairs(sks) do
         end
       end
     end
-    -- Every counter in the tokens index (export reads it; prelude next_token
-    -- indexes only the counters it creates): a store written before layout 1 had
-    -- `tidx` holds counters that only `idx`, `due` or `eidx` lead to.
-    if redis.call('EXISTS', P .. 'token:' .. nk) == 1 then redis.call('ZADD', K_TIDX, 0, nk) end
+    -- Every counter moved goes in the tokens index (export reads it; prelude
+    -- next_token indexes only the counters it creates): a store written before
+    -- layout 1 had `tidx` holds counters that only `idx`, `due` or `eidx` lead to.
+    -- (A counter only layout 2 wrote was indexed when it was created.)
+    if has_token then redis.call('ZADD', K_TIDX, 0, nk) end
   end
 end
 if dry then
