@@ -160,7 +160,8 @@ local function read_lock(sk)
 end
 
 -- The lock as the client decodes it; with_lease = false is the public view.
--- (list.lua reads these same fields with HMGET: keep the two in step.)
+-- (listing reads these same fields with HMGET, reply.rs LISTED_FIELDS: keep the two
+-- in step.)
 local function lock_view(sk, l, with_lease)
   local v = {
     sk = sk, owner = l.owner, meta = l.meta, prio = l.prio, token = l.token,

@@ -12,9 +12,9 @@ use serde::de::DeserializeOwned;
 use tflock_core::{BackendError, InvalidRequest, Owner, Timestamp};
 
 use crate::reply::{
-    CancelReply, ExportReply, FenceReply, GenerationReply, ImportReply, ListReply, LockReply,
-    PullReply, QueueReply, RefreshReply, StatsReply, StatusReply, SweepReply, TransferReply,
-    TryLockReply, UnlockReply, UpgradeReply, UserQueueReply, WaitEndReply,
+    CancelReply, ExportReply, FenceReply, GenerationReply, ImportReply, LockReply, PullReply,
+    QueueReply, RefreshReply, StatsReply, StatusReply, SweepReply, TransferReply, TryLockReply,
+    UnlockReply, UpgradeReply, UserQueueReply, WaitEndReply,
 };
 use crate::scripts::{Function, Scripts};
 
@@ -483,35 +483,6 @@ impl ScriptArgs for QueueStatusArgs<'_> {
     }
     fn argv(&self) -> Vec<String> {
         vec![self.storage_key.to_string()]
-    }
-}
-
-/// list.lua's arguments (mirrors its header, `ARGV[7]` to `ARGV[12]`).
-pub(crate) struct ListArgs<'a> {
-    pub after: &'a str,
-    pub batch: usize,
-    pub repo: &'a str,
-    pub owner: &'a str,
-    pub user: &'a str,
-    pub scan: usize,
-}
-
-impl ScriptArgs for ListArgs<'_> {
-    type Reply = ListReply;
-    const SEEDED: bool = false;
-    fn script(s: &Scripts) -> &Function {
-        &s.list
-    }
-    fn argv(&self) -> Vec<String> {
-        vec![
-            self.after.to_string(),
-            self.batch.to_string(),
-            // The scripts find a repository's keys by their escaped first part.
-            crate::keys::key_part(self.repo),
-            self.owner.to_string(),
-            self.user.to_string(),
-            self.scan.to_string(),
-        ]
     }
 }
 

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -67,6 +68,13 @@ impl Conn {
             Conn::Cluster(c) => cmd.query_async(c).await,
         }
     }
+}
+
+/// What [`Connector::send`] sends.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Cmd(&'a Cmd),
+    ReadPipeline(&'a redis::Pipeline),
 }
 
 /// The current script connection and the generation it belongs to (bumped at every
@@ -872,6 +880,25 @@ impl Connector {
     /// Sends one command on the script connection; returns the reply and the
     /// connection's generation.
     pub async fn call<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<(T, u64), CallError> {
+        self.send(Request::Cmd(cmd)).await
+    }
+
+    /// Sends a pipeline of read-only commands whose keys share one slot (listing's
+    /// reads of one bucket) on the script connection; returns their replies. On a
+    /// cluster redis-rs routes it by its keys and may send it again after a
+    /// redirection or a failed attempt, which only a command that changes data
+    /// would mind.
+    pub async fn read_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, CallError> {
+        Ok(self.send(Request::ReadPipeline(pipe)).await?.0)
+    }
+
+    async fn send<T: redis::FromRedisValue>(
+        &self,
+        request: Request<'_>,
+    ) -> Result<(T, u64), CallError> {
         let mut cur = match timeout(
             self.connect_timeout * (self.max_retries + 1) + self.read_timeout,
             self.get(),
@@ -891,8 +918,12 @@ impl Connector {
                 // timeout, sooner.
                 let mut dead = self.dead.subscribe();
                 let generation = cur.generation;
+                let reply: BoxFuture<'_, redis::RedisResult<T>> = match request {
+                    Request::Cmd(cmd) => Box::pin(cmd.query_async(c)),
+                    Request::ReadPipeline(pipe) => Box::pin(pipe.query_async(c)),
+                };
                 tokio::select! {
-                    r = timeout(self.read_timeout, cmd.query_async::<T>(c)) => r,
+                    r = timeout(self.read_timeout, reply) => r,
                     _ = dead.wait_for(|d| *d >= generation) => {
                         return Err(unavailable(
                             "redis: the connection failed while waiting for the reply",
@@ -900,7 +931,12 @@ impl Connector {
                     }
                 }
             }
-            Conn::Cluster(c) => timeout(self.read_timeout, self.cluster_once(c, cmd)).await,
+            Conn::Cluster(c) => match request {
+                Request::Cmd(cmd) => timeout(self.read_timeout, self.cluster_once(c, cmd)).await,
+                Request::ReadPipeline(pipe) => {
+                    timeout(self.read_timeout, pipe.query_async(c)).await
+                }
+            },
         };
         match reply {
             Ok(Ok(v)) => {

@@ -57,6 +57,18 @@ pub fn bucket_prefixes(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The name of a resource's lease hash: its bucket's prefix, `lock:` and its key
+/// (the prelude's `k_lock`; listing reads it without a script).
+pub fn lock_name(bucket: &str, key: &str) -> String {
+    format!("{bucket}lock:{key}")
+}
+
+/// The name of a bucket's index of resource keys that have a lock or a queue (the
+/// prelude's `K_IDX`).
+pub fn resources_name(bucket: &str) -> String {
+    format!("{bucket}resources")
+}
+
 /// The resource's key in the store: [`key_part`] of each part, joined by `!`.
 pub fn resource_key(r: &Resource) -> String {
     let mut k = String::with_capacity(

@@ -1,26 +1,36 @@
 //! Reading locks: GetLock, and ListLocks as a lazy k-way merge of the 64 buckets by
-//! storage key (see docs/redis-design.md, "Scripts").
+//! resource key (see docs/redis-design.md, "Listing").
+//!
+//! Listing runs no script: it reads each bucket's `resources` index (ZRANGEBYLEX)
+//! and then the lease hashes of exactly the keys the page needs, one pipeline of
+//! HMGETs per bucket. A script would read the same fields, but turning every reply
+//! into Lua strings and the result into JSON cost Redis three times the commands'
+//! own work (docs/benchmarks.md, "Listing without a script"), and a listing needs no
+//! atomicity: a page shows locks that were live while it was read, as before.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use futures::future::join_all;
-use tflock_core::{Lock, LockFilter, LockPage, QueryError, Resource};
+use tflock_core::{BackendError, Lock, LockFilter, LockPage, QueryError, Resource};
 
-use crate::args::{GetLockArgs, ListArgs};
+use crate::args::GetLockArgs;
 use crate::backend::Inner;
-use crate::keys::{BUCKETS, bucket_of, resource_key};
-use crate::reply::{RawLock, into_locks};
+use crate::conn::CallError;
+use crate::keys::{BUCKETS, bucket_of, key_part, lock_name, resource_key, resources_name};
+use crate::reply::{LISTED_FIELDS, RawLock, into_locks};
 
-/// Most index members one list call scans per bucket (bounds script time).
-const LIST_SCAN: usize = 2000;
-/// Fewest locks one list call asks a bucket for (see `list_locks`).
+/// Fewest keys one read asks a bucket's index for (see `list_locks`).
 const LIST_MIN_BATCH: usize = 8;
+/// Keys one read asks a bucket's index for when an owner or user filter makes
+/// matches sparse.
+const LIST_FILTERED_BATCH: usize = 200;
 
-/// One bucket's place in a listing's merge: the locks it returned that are not
+/// One bucket's place in a listing's merge: the keys it returned that are not
 /// merged yet, and where its next batch starts (it is known up to there).
 struct ListCursor {
     after: String,
-    buffered: VecDeque<RawLock>,
+    keys: VecDeque<String>,
     done: bool,
 }
 
@@ -38,24 +48,56 @@ pub(crate) async fn get_lock(
     Ok(r.body.lock.map(RawLock::into_lock).transpose()?)
 }
 
+/// What a listing keeps: the repository's keys and the owner and user filters.
+struct Wanted {
+    /// The escaped repository and `!`: the start of every key of the repository.
+    prefix: String,
+    /// ZRANGEBYLEX's upper bound: `+`, or just below the repository's next key.
+    max: String,
+    owner: Option<String>,
+    user: Option<String>,
+}
+
 /// [`tflock_core::Backend::list_locks`] on Redis.
 pub(crate) async fn list_locks(inner: &Inner, filter: LockFilter) -> Result<LockPage, QueryError> {
     inner.check_open()?;
     let limit = filter.page_size()?;
     let start = crate::keys::cursor_key(filter.cursor_key()?.unwrap_or_default());
-    let repo = filter.repo.clone().unwrap_or_default();
-    let owner = filter.owner.clone().unwrap_or_default();
-    let user = filter.user.clone().unwrap_or_default();
+    // A repository's keys start with its escaped name and '!', and sort below the
+    // escaped name and '"' (an escaped part holds neither).
+    let (prefix, max) = match &filter.repo {
+        Some(repo) => {
+            let repo = key_part(repo);
+            (format!("{repo}!"), format!("({repo}\""))
+        }
+        None => (String::new(), "+".to_string()),
+    };
+    let wanted = Wanted {
+        prefix,
+        max,
+        owner: filter.owner.clone(),
+        user: filter.user.clone(),
+    };
+    let filtered = wanted.owner.is_some() || wanted.user.is_some();
     // One more than a page, to know whether another page follows.
     let room = limit + 1;
-    // A lazy k-way merge: each bucket is asked for a small batch; a bucket whose
-    // batch runs out before the page is full is asked for its next one (after its
-    // last scanned key), all such buckets pipelined in one round.
-    let batch = (room.div_ceil(BUCKETS) + 4).max(LIST_MIN_BATCH);
+    // Keys spread evenly over the buckets (a hash picks the bucket): a page needs
+    // about room / 64 of each, give or take its square root. Half as many again and
+    // a few more spare nearly every bucket a second read (one round trip each, the
+    // larger cost), while a key read and not listed costs Redis little (only keys
+    // are read here; the locks of exactly the page's keys are read after).
+    let batch = if filtered {
+        LIST_FILTERED_BATCH
+    } else {
+        let even = room.div_ceil(BUCKETS);
+        (even + even / 2 + 4).max(LIST_MIN_BATCH)
+    };
+    // The clock is read with the first keys (one round trip for both).
+    let mut now: Option<u64> = None;
     let mut buckets: Vec<ListCursor> = (0..BUCKETS)
         .map(|_| ListCursor {
             after: start.clone(),
-            buffered: VecDeque::new(),
+            keys: VecDeque::new(),
             done: false,
         })
         .collect();
@@ -63,66 +105,93 @@ pub(crate) async fn list_locks(inner: &Inner, filter: LockFilter) -> Result<Lock
     let mut stale: Vec<usize> = (0..BUCKETS).collect();
     loop {
         if !stale.is_empty() {
-            let replies = join_all(stale.iter().map(|&b| {
-                let args = ListArgs {
-                    after: buckets[b].after.as_str(),
-                    batch,
-                    repo: &repo,
-                    owner: &owner,
-                    user: &user,
-                    scan: LIST_SCAN,
-                };
-                async move { inner.run(b, &args).await }
-            }))
-            .await;
-            for (&b, r) in stale.iter().zip(replies) {
-                let r = r?.body;
-                let c = &mut buckets[b];
-                // Complete up to `last`: the next batch starts after it.
-                if r.done || r.last.is_empty() {
-                    c.done = true;
+            let reads = stale.iter().map(|&b| {
+                let after = &buckets[b].after;
+                let min = if *after >= wanted.prefix && !after.is_empty() {
+                    format!("({after}")
+                } else if wanted.prefix.is_empty() {
+                    "-".to_string()
                 } else {
-                    c.after = r.last;
+                    // A cursor below the repository's keys: from its first one.
+                    format!("[{}", wanted.prefix)
+                };
+                let mut cmd = redis::cmd("ZRANGEBYLEX");
+                cmd.arg(resources_name(&inner.buckets[b]))
+                    .arg(min)
+                    .arg(&wanted.max)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(batch);
+                (b, cmd)
+            });
+            let reads = read_many::<Vec<String>>(inner, reads.collect());
+            let reads = match now {
+                Some(_) => reads.await?,
+                None => {
+                    let (clock, reads) = futures::join!(clock(inner), reads);
+                    now = Some(clock?);
+                    reads?
                 }
-                c.buffered.extend(r.locks);
+            };
+            for (&b, keys) in stale.iter().zip(reads) {
+                let c = &mut buckets[b];
+                // Known up to the last key read: the next batch starts after it.
+                c.done = keys.len() < batch;
+                if let Some(last) = keys.last() {
+                    c.after = last.clone();
+                }
+                c.keys.extend(keys);
             }
-            stale.clear();
         }
-        while out.len() < room {
-            // The smallest buffered lock...
-            let Some(b) = (0..BUCKETS)
-                .filter(|&b| !buckets[b].buffered.is_empty())
-                .min_by(|&x, &y| buckets[x].buffered[0].sk.cmp(&buckets[y].buffered[0].sk))
-            else {
+        // The page's next keys, in order: a heap of the buckets' smallest buffered
+        // keys, merged while no drained bucket may still hold a smaller one (a
+        // drained bucket is known up to its `after`; `bound` is the lowest such).
+        let mut heads: BinaryHeap<Reverse<(String, usize)>> = (0..BUCKETS)
+            .filter_map(|b| buckets[b].keys.front().map(|k| Reverse((k.clone(), b))))
+            .collect();
+        let mut bound: Option<String> = buckets
+            .iter()
+            .filter(|c| !c.done && c.keys.is_empty())
+            .map(|c| c.after.clone())
+            .min();
+        let mut picks: Vec<(usize, String)> = Vec::new();
+        while out.len() + picks.len() < room {
+            let Some(Reverse((sk, b))) = heads.pop() else {
                 break;
             };
-            // ...is next only if no drained bucket may still hold a smaller one:
-            // a drained bucket is known up to its `after`.
-            let sk = &buckets[b].buffered[0].sk;
-            if buckets
-                .iter()
-                .any(|c| !c.done && c.buffered.is_empty() && c.after < *sk)
-            {
+            if bound.as_ref().is_some_and(|a| *a < sk) {
+                heads.push(Reverse((sk, b)));
                 break;
             }
-            out.extend(buckets[b].buffered.pop_front());
+            let c = &mut buckets[b];
+            c.keys.pop_front();
+            match c.keys.front() {
+                Some(next) => heads.push(Reverse((next.clone(), b))),
+                // Drained before its end: known only up to its `after`.
+                None if !c.done && bound.as_ref().is_none_or(|a| c.after < *a) => {
+                    bound = Some(c.after.clone());
+                }
+                None => {}
+            }
+            picks.push((b, sk));
+        }
+        if !picks.is_empty() {
+            let now = now.expect("read with the first keys");
+            read_locks(inner, picks, &wanted, now, &mut out).await?;
         }
         if out.len() >= room {
             break;
         }
-        // Refill the drained buckets that may hold the next lock: every drained
-        // one below the smallest buffered lock (all of them when none is).
-        let head = buckets
-            .iter()
-            .filter_map(|c| c.buffered.front().map(|l| l.sk.clone()))
-            .min();
+        // Refill the drained buckets that may hold the next key: every drained one
+        // below the smallest buffered key (all of them when none is).
+        let head = heads.peek().map(|Reverse((k, _))| k);
         stale = (0..BUCKETS)
             .filter(|&b| {
                 let c = &buckets[b];
-                !c.done && c.buffered.is_empty() && head.as_ref().is_none_or(|h| c.after < *h)
+                !c.done && c.keys.is_empty() && head.is_none_or(|h| c.after < *h)
             })
             .collect();
-        if stale.is_empty() {
+        if stale.is_empty() && head.is_none() {
             break;
         }
     }
@@ -137,4 +206,113 @@ pub(crate) async fn list_locks(inner: &Inner, filter: LockFilter) -> Result<Lock
         locks: into_locks(out)?,
         next_cursor,
     })
+}
+
+/// Reads the lease hashes of `picks` (in key order) and appends the live locks that pass the filters to `out`
+/// in the same order.
+async fn read_locks(
+    inner: &Inner,
+    picks: Vec<(usize, String)>,
+    wanted: &Wanted,
+    now: u64,
+    out: &mut Vec<RawLock>,
+) -> Result<(), QueryError> {
+    let filtered = wanted.owner.is_some() || wanted.user.is_some();
+    let reads = picks.iter().map(|(b, sk)| {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(lock_name(&inner.buckets[*b], sk))
+            .arg(&LISTED_FIELDS[..]);
+        if filtered {
+            cmd.arg("owner").arg("user");
+        }
+        (*b, cmd)
+    });
+    let replies: Vec<Vec<Option<String>>> = read_many(inner, reads.collect()).await?;
+    for ((_, sk), fields) in picks.into_iter().zip(replies) {
+        if !sk.starts_with(&wanted.prefix) {
+            continue;
+        }
+        let mut fields = fields.into_iter();
+        let Some(lock) = RawLock::from_fields(sk, &mut fields)? else {
+            continue;
+        };
+        if filtered {
+            let owner = fields.next().flatten();
+            let user = fields.next().flatten();
+            if wanted
+                .owner
+                .as_ref()
+                .is_some_and(|o| owner.as_ref() != Some(o))
+                || wanted
+                    .user
+                    .as_ref()
+                    .is_some_and(|u| user.as_ref() != Some(u))
+            {
+                continue;
+            }
+        }
+        if lock.expires() > now {
+            out.push(lock);
+        }
+    }
+    Ok(())
+}
+
+/// Runs read-only commands, each on keys of its bucket, and returns their replies in
+/// order: one pipeline in all on one node (standalone, Sentinel's primary), else one
+/// per bucket (a bucket is one slot of a cluster), all at once. One request a round
+/// instead of one a command: the client's cost of a listing is mostly its requests.
+async fn read_many<T: redis::FromRedisValue>(
+    inner: &Inner,
+    cmds: Vec<(usize, redis::Cmd)>,
+) -> Result<Vec<T>, QueryError> {
+    if inner.conn.mode() != "cluster" {
+        let mut pipe = redis::pipe();
+        for (_, cmd) in cmds {
+            pipe.add_command(cmd);
+        }
+        return inner.conn.read_pipeline(&pipe).await.map_err(listing_error);
+    }
+    let mut pipes: Vec<Option<redis::Pipeline>> = (0..BUCKETS).map(|_| None).collect();
+    let order: Vec<usize> = cmds.iter().map(|(b, _)| *b).collect();
+    for (b, cmd) in cmds {
+        pipes[b].get_or_insert_with(redis::pipe).add_command(cmd);
+    }
+    let used: Vec<usize> = (0..BUCKETS).filter(|&b| pipes[b].is_some()).collect();
+    let replies = join_all(used.iter().map(|&b| {
+        let pipe = pipes[b].as_ref().expect("a pipeline per used bucket");
+        async move { inner.conn.read_pipeline::<Vec<T>>(pipe).await }
+    }))
+    .await;
+    let mut per_bucket: Vec<std::vec::IntoIter<T>> =
+        (0..BUCKETS).map(|_| Vec::new().into_iter()).collect();
+    for (&b, r) in used.iter().zip(replies) {
+        per_bucket[b] = r.map_err(listing_error)?.into_iter();
+    }
+    order
+        .into_iter()
+        .map(|b| {
+            per_bucket[b]
+                .next()
+                .ok_or_else(|| BackendError::Internal("listing: a reply is missing".into()).into())
+        })
+        .collect()
+}
+
+/// The instant a listing leaves out what expired before: Redis's `TIME` on the
+/// system clock (the scripts' clock), else the injected clock.
+async fn clock(inner: &Inner) -> Result<u64, QueryError> {
+    if !inner.system_clock {
+        return Ok(inner.clock.now().0);
+    }
+    let ((secs, micros), _) = inner
+        .conn
+        .call::<(u64, u64)>(&redis::cmd("TIME"))
+        .await
+        .map_err(listing_error)?;
+    Ok(secs * 1_000_000 + micros)
+}
+
+fn listing_error(e: CallError) -> QueryError {
+    BackendError::from(e).into()
 }

@@ -139,8 +139,8 @@ impl RawEvent {
     }
 }
 
-/// A lock as a script shows it (`lease` only for the holder): an object, or from
-/// list.lua a list of the fields before `lease` in this order (keep the two in step).
+/// A lock as a script shows it (`lease` only for the holder), or as listing reads it
+/// from the lease hash ([`RawLock::from_fields`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct RawLock {
     pub sk: String,
@@ -155,7 +155,52 @@ pub struct RawLock {
     pub lease: Option<String>,
 }
 
+/// The lease hash's fields listing reads ([`RawLock::from_fields`]), in the order it
+/// reads them.
+pub const LISTED_FIELDS: [&str; 7] = [
+    "meta", "prio", "token", "acquired", "expires", "ttl", "claim",
+];
+
 impl RawLock {
+    /// The lock of `sk` from an HMGET of [`LISTED_FIELDS`]; `None` when the hash is
+    /// missing (a resource with a queue only, or a lock ended since its key was read).
+    pub fn from_fields(
+        sk: String,
+        fields: &mut impl Iterator<Item = Option<String>>,
+    ) -> Result<Option<RawLock>, BackendError> {
+        let mut next = || fields.next().flatten();
+        let (Some(meta), prio, token, acquired, expires, ttl, claim) =
+            (next(), next(), next(), next(), next(), next(), next())
+        else {
+            return Ok(None);
+        };
+        let num = |v: Option<String>| -> Result<Num, BackendError> {
+            let v = v.unwrap_or_default();
+            if v.is_empty() {
+                return Ok(Num(0));
+            }
+            v.parse().map(Num).map_err(|_| {
+                BackendError::Internal(format!("malformed lock field of {sk:?}: {v:?}"))
+            })
+        };
+        Ok(Some(RawLock {
+            prio: num(prio)?,
+            token: num(token)?,
+            acquired: num(acquired)?,
+            expires: num(expires)?,
+            ttl: num(ttl)?,
+            claim: claim.unwrap_or_default(),
+            meta,
+            lease: None,
+            sk,
+        }))
+    }
+
+    /// When the lease ends (µs).
+    pub fn expires(&self) -> u64 {
+        self.expires.0
+    }
+
     pub fn into_lock(self) -> Result<Lock, BackendError> {
         let resource = resource_of(&self.sk)?;
         Ok(Lock {
@@ -549,15 +594,6 @@ pub struct QueueReply {
     pub lock: Option<RawLock>,
     #[serde(default, deserialize_with = "lua_vec")]
     pub entries: Vec<RawEntry>,
-}
-
-/// list.lua's reply.
-#[derive(Debug, Deserialize)]
-pub struct ListReply {
-    #[serde(default, deserialize_with = "lua_vec")]
-    pub locks: Vec<RawLock>,
-    pub last: String,
-    pub done: bool,
 }
 
 /// One resource's queue in user_queue.lua's reply.

@@ -111,7 +111,6 @@ scripts! {
     rollback => "rollback.lua",
     get_lock => "get_lock.lua",
     queue_status => "queue_status.lua",
-    list => "list.lua",
     user_queue => "user_queue.lua",
     stats => "stats.lua",
     export => "export.lua",
@@ -136,7 +135,7 @@ mod tests {
         assert_eq!(s.try_lock.name, "try_lock.lua");
         assert_eq!(
             s.library.source.matches("redis.register_function(").count(),
-            20
+            19
         );
         // The version is the code's: the same build always names the same library.
         assert_eq!(Scripts::load().library.name, s.library.name);

@@ -202,6 +202,54 @@ pub async fn list_locks_pages_through_a_thousand_locks<H: Harness + ?Sized>(harn
         got, want,
         "a filtered listing pages completely and in order"
     );
+
+    // One repository's locks, in pages smaller than a bucket's share of them.
+    let of = |repo: &str| -> Vec<Resource> {
+        sorted.iter().filter(|r| r.repo == repo).cloned().collect()
+    };
+    let by_repo = LockFilter {
+        repo: Some("org/a-b".into()),
+        ..LockFilter::default()
+    };
+    let got = read_all(&fx, by_repo.clone(), 7).await;
+    assert_eq!(
+        got,
+        of("org/a-b"),
+        "a repository's listing pages completely and in order"
+    );
+    // A cursor from a listing of everything (repositories sort org/B, org/a, org/a-b,
+    // org/a.b, ..., 125 locks each) below the repository's keys: the repository's
+    // listing from there is all of it; among them: the rest; above them: nothing.
+    for (limit, after, count) in [(100, "below", 125), (300, "among", 75), (560, "above", 0)] {
+        let first = fx
+            .backend
+            .list_locks(LockFilter {
+                limit: Some(limit),
+                ..LockFilter::default()
+            })
+            .await
+            .expect("list_locks");
+        let last = first.locks.last().expect("a full page").resource.clone();
+        let want: Vec<_> = of("org/a-b").into_iter().filter(|r| *r > last).collect();
+        assert_eq!(want.len(), count, "the test's cursor {after} the keys");
+        let page = fx
+            .backend
+            .list_locks(LockFilter {
+                cursor: first.next_cursor,
+                limit: Some(1000),
+                ..by_repo.clone()
+            })
+            .await
+            .expect("list_locks");
+        assert_eq!(
+            page.locks
+                .into_iter()
+                .map(|l| l.resource)
+                .collect::<Vec<_>>(),
+            want,
+            "a repository's listing after a cursor {after} its keys"
+        );
+    }
 }
 
 /// ListLocks refuses a page size of 0 or above the maximum (field `limit`) and a
