@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     pub upgrade_layout: bool,
     /// What connecting did to the key layout (`None` when it did not look).
     pub layout_report: Mutex<Option<LayoutReport>>,
+    /// Resources recently found held by another owner (`held.rs`).
+    pub held: crate::held::HeldHints,
 }
 
 impl Inner {

@@ -168,6 +168,7 @@ pub(crate) async fn open(
         generations: Generations::new(),
         upgrade_layout: options.upgrade_layout,
         layout_report: Mutex::new(None),
+        held: Default::default(),
     });
     // A read on one bucket proves scripting and the key prefix are allowed to
     // these credentials (an ACL user may be limited to some keys or commands).

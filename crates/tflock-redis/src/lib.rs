@@ -69,6 +69,7 @@ mod connect;
 mod duty;
 mod generation;
 mod health;
+mod held;
 mod layout;
 mod lease;
 mod listing;

@@ -57,6 +57,15 @@ pub(crate) async fn try_lock(
     };
     let sk = resource_key(&req.resource);
     let bucket = bucket_of(&req.resource);
+    // A plain TryLock: its answer may come from a read of the lease (held.rs).
+    let plain =
+        mode.mode == TryLockMode::NoWait && req.request_id.is_none() && req.lease_id.is_none();
+    if plain
+        && inner.held.held(&sk, inner.clock.now().0)
+        && let Some(r) = inner.held_by_another(bucket, &sk, &req.owner.owner).await?
+    {
+        return Ok(r);
+    }
     // The entry id is chosen here and the drop guard armed before the script is
     // sent: a caller that goes away at any point after that, even before the
     // reply arrives, still has its entry removed.
@@ -102,7 +111,11 @@ pub(crate) async fn try_lock(
     }
     match outcome {
         TryLockOutcome::Answer { a, fresh, chg } => {
-            answer(inner, a, fresh, chg, bucket, generation).await
+            let r = answer(inner, a, fresh, chg, bucket, generation).await?;
+            if plain {
+                inner.note_answer(&guard.sk, &r);
+            }
+            Ok(r)
         }
         TryLockOutcome::Wait { id, dl } => {
             // A retry of a call that still waits waits on that call's entry.
@@ -326,33 +339,54 @@ async fn retry_loop(
 ) -> Result<LockResponse, TryLockError> {
     let deadline = inner.clock.now().add(wait);
     let mut backoff = inner.settings.min_retry_backoff;
+    let bucket = bucket_of(&req.resource);
+    let sk = resource_key(&req.resource);
+    // The first attempt found it held: without a request id or lease id a later one
+    // reads the lease first (held.rs), and runs the script when it is not held by
+    // someone else.
+    let plain = req.request_id.is_none() && req.lease_id.is_none();
     loop {
         inner.check_open()?;
         let released = inner.released.notified();
-        let (reply, generation) = try_lock_once(inner, req, ttl, NO_WAIT, false, "").await?;
-        let (a, fresh, chg) = match reply.body.outcome {
-            TryLockOutcome::Delay { hold } => {
-                // A lock_delay after a data loss: wait it out within the deadline.
-                let hold = Timestamp(hold.0);
-                if hold >= deadline {
-                    inner.clock.sleep_until(deadline).await;
-                    return Ok(LockResponse::not_acquired(None, NotAcquiredReason::Timeout));
+        let held = if plain {
+            inner.held_by_another(bucket, &sk, &req.owner.owner).await?
+        } else {
+            None
+        };
+        let r = match held {
+            Some(r) => r,
+            None => {
+                let (reply, generation) =
+                    try_lock_once(inner, req, ttl, NO_WAIT, false, "").await?;
+                let (a, fresh, chg) = match reply.body.outcome {
+                    TryLockOutcome::Delay { hold } => {
+                        // A lock_delay after a data loss: wait it out within the deadline.
+                        let hold = Timestamp(hold.0);
+                        if hold >= deadline {
+                            inner.clock.sleep_until(deadline).await;
+                            return Ok(LockResponse::not_acquired(
+                                None,
+                                NotAcquiredReason::Timeout,
+                            ));
+                        }
+                        inner.clock.sleep_until(hold).await;
+                        continue;
+                    }
+                    TryLockOutcome::Answer { a, fresh, chg } => (a, fresh, chg),
+                    _ => {
+                        return Err(BackendError::Internal(
+                            "try_lock: an answer without its body".into(),
+                        )
+                        .into());
+                    }
+                };
+                let r = answer(inner, a, fresh, chg, bucket, generation).await?;
+                if r.acquired {
+                    return Ok(r);
                 }
-                inner.clock.sleep_until(hold).await;
-                continue;
-            }
-            TryLockOutcome::Answer { a, fresh, chg } => (a, fresh, chg),
-            _ => {
-                return Err(
-                    BackendError::Internal("try_lock: an answer without its body".into()).into(),
-                );
+                r
             }
         };
-        let bucket = bucket_of(&req.resource);
-        let r = answer(inner, a, fresh, chg, bucket, generation).await?;
-        if r.acquired {
-            return Ok(r);
-        }
         let now = inner.clock.now();
         if now >= deadline {
             return Ok(LockResponse {
