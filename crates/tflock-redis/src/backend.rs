@@ -165,6 +165,9 @@ impl Inner {
             if ev.is_expiry() {
                 self.expiries.fetch_add(1, Ordering::Relaxed);
             }
+            if ev.ends_a_lease() {
+                self.held.forget(ev.resource_key());
+            }
             if !listened {
                 released |= ev.ends_a_lease();
                 continue;
@@ -195,7 +198,10 @@ impl Inner {
         let mut released = false;
         let listened = self.events.receiver_count() > 0;
         for ev in msg.ev {
-            released |= ev.ends_a_lease();
+            if ev.ends_a_lease() {
+                released = true;
+                self.held.forget(ev.resource_key());
+            }
             if !listened {
                 continue;
             }

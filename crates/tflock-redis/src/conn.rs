@@ -238,34 +238,53 @@ fn redirect_of(e: &RedisError) -> Option<Redirect> {
     }
 }
 
-/// Sends `cmd` once on a cluster connection: by its key's slot, or to the node a
+/// Sends `request` once on a cluster connection: by its key's slot, or to the node a
 /// redirection named (`ASKING` first for `ASK`). redis-rs sends it once too (the
-/// connection is built with `retries(0)`).
+/// connection is built with `retries(0)`). A pipeline's keys share one slot.
 async fn cluster_query<T: redis::FromRedisValue>(
     c: &mut ClusterConnection,
-    cmd: &Cmd,
+    request: Request<'_>,
     redirect: Option<&Redirect>,
 ) -> redis::RedisResult<T> {
-    let v = match redirect {
-        None => return cmd.query_async(c).await,
-        Some(Redirect::Moved(host, port)) => {
-            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                host: host.clone(),
-                port: *port,
-            });
-            c.route_command(cmd.clone(), route).await?
+    let (host, port, ask) = match redirect {
+        None => {
+            return match request {
+                Request::Cmd(cmd) => cmd.query_async(c).await,
+                Request::ReadPipeline(pipe) => pipe.query_async(c).await,
+            };
         }
-        Some(Redirect::Ask(host, port)) => {
+        Some(Redirect::Moved(host, port)) => (host, *port, false),
+        Some(Redirect::Ask(host, port)) => (host, *port, true),
+    };
+    let node = SingleNodeRoutingInfo::ByAddress {
+        host: host.clone(),
+        port,
+    };
+    let v = match (request, ask) {
+        (Request::Cmd(cmd), false) => {
+            c.route_command(cmd.clone(), RoutingInfo::SingleNode(node))
+                .await?
+        }
+        (Request::Cmd(cmd), true) => {
             let mut p = redis::pipe();
             p.cmd("ASKING").add_command(cmd.clone());
-            let route = SingleNodeRoutingInfo::ByAddress {
-                host: host.clone(),
-                port: *port,
-            };
-            c.route_pipeline(p, 1, 1, route)
+            c.route_pipeline(p, 1, 1, node)
                 .await?
                 .pop()
                 .unwrap_or(Value::Nil)
+        }
+        (Request::ReadPipeline(pipe), ask) => {
+            let mut p = redis::pipe();
+            if ask {
+                p.cmd("ASKING");
+            }
+            for cmd in pipe.cmd_iter() {
+                p.add_command(cmd.clone());
+            }
+            Value::Array(
+                c.route_pipeline(p, usize::from(ask), pipe.len(), node)
+                    .await?,
+            )
         }
     };
     redis::from_redis_value(v.extract_error()?).map_err(RedisError::from)
@@ -884,10 +903,9 @@ impl Connector {
     }
 
     /// Sends a pipeline of read-only commands whose keys share one slot (listing's
-    /// reads of one bucket) on the script connection; returns their replies. On a
-    /// cluster redis-rs routes it by its keys and may send it again after a
-    /// redirection or a failed attempt, which only a command that changes data
-    /// would mind.
+    /// reads of one bucket, the lease read of a refused TryLock) on the script
+    /// connection; returns their replies. On a cluster it follows redirections and
+    /// retries as one command does ([`Connector::cluster_once`]).
     pub async fn read_pipeline<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
@@ -931,12 +949,7 @@ impl Connector {
                     }
                 }
             }
-            Conn::Cluster(c) => match request {
-                Request::Cmd(cmd) => timeout(self.read_timeout, self.cluster_once(c, cmd)).await,
-                Request::ReadPipeline(pipe) => {
-                    timeout(self.read_timeout, pipe.query_async(c)).await
-                }
-            },
+            Conn::Cluster(c) => timeout(self.read_timeout, self.cluster_once(c, request)).await,
         };
         match reply {
             Ok(Ok(v)) => {
@@ -959,20 +972,20 @@ impl Connector {
         }
     }
 
-    /// Runs `cmd` on a cluster so that it runs at most once: sent again only after an
+    /// Runs `request` on a cluster so that it runs at most once: sent again only after an
     /// answer that proves it did not run ([`refused_before_running`]), up to
     /// `max_retries` times, following redirections at once and waiting with back-off
     /// otherwise. The caller bounds it all by `read_timeout`.
     async fn cluster_once<T: redis::FromRedisValue>(
         &self,
         c: &mut ClusterConnection,
-        cmd: &Cmd,
+        request: Request<'_>,
     ) -> redis::RedisResult<T> {
         let mut redirect = None;
         let mut backoff = self.min_backoff;
         let mut attempt = 0;
         loop {
-            match cluster_query(c, cmd, redirect.as_ref()).await {
+            match cluster_query(c, request, redirect.as_ref()).await {
                 Err(e) if attempt < self.max_retries && refused_before_running(&e) => {
                     attempt += 1;
                     redirect = redirect_of(&e);

@@ -25,6 +25,9 @@ const LIST_MIN_BATCH: usize = 8;
 /// Keys one read asks a bucket's index for when an owner or user filter makes
 /// matches sparse.
 const LIST_FILTERED_BATCH: usize = 200;
+/// Most keys one round takes from the merge (their leases are read in one round
+/// trip), and most keys one read asks a bucket for.
+const MAX_TAKE: usize = 4096;
 
 /// One bucket's place in a listing's merge: the keys it returned that are not
 /// merged yet, and where its next batch starts (it is known up to there).
@@ -86,14 +89,20 @@ pub(crate) async fn list_locks(inner: &Inner, filter: LockFilter) -> Result<Lock
     // a few more spare nearly every bucket a second read (one round trip each, the
     // larger cost), while a key read and not listed costs Redis little (only keys
     // are read here; the locks of exactly the page's keys are read after).
-    let batch = if filtered {
-        LIST_FILTERED_BATCH
-    } else {
-        let even = room.div_ceil(BUCKETS);
+    let per_page = |keys: usize| {
+        let even = keys.div_ceil(BUCKETS);
         (even + even / 2 + 4).max(LIST_MIN_BATCH)
     };
-    // The clock is read with the first keys (one round trip for both).
-    let mut now: Option<u64> = None;
+    let first_batch = if filtered {
+        LIST_FILTERED_BATCH
+    } else {
+        per_page(room)
+    };
+    let mut batch = first_batch;
+    // Keys taken in one round: what the page still needs, doubled after every round
+    // in which some keys were no match (filters, expired leases, queues without a
+    // lock), so that sparse matches cost few round trips, not one per page's worth.
+    let mut scale = 1;
     let mut buckets: Vec<ListCursor> = (0..BUCKETS)
         .map(|_| ListCursor {
             after: start.clone(),
@@ -124,15 +133,7 @@ pub(crate) async fn list_locks(inner: &Inner, filter: LockFilter) -> Result<Lock
                     .arg(batch);
                 (b, cmd)
             });
-            let reads = read_many::<Vec<String>>(inner, reads.collect());
-            let reads = match now {
-                Some(_) => reads.await?,
-                None => {
-                    let (clock, reads) = futures::join!(clock(inner), reads);
-                    now = Some(clock?);
-                    reads?
-                }
-            };
+            let (reads, _) = read_many::<Vec<String>>(inner, reads.collect(), false).await?;
             for (&b, keys) in stale.iter().zip(reads) {
                 let c = &mut buckets[b];
                 // Known up to the last key read: the next batch starts after it.
@@ -154,8 +155,10 @@ pub(crate) async fn list_locks(inner: &Inner, filter: LockFilter) -> Result<Lock
             .filter(|c| !c.done && c.keys.is_empty())
             .map(|c| c.after.clone())
             .min();
+        let want = room - out.len();
+        let take = (want * scale).clamp(want, MAX_TAKE.max(want));
         let mut picks: Vec<(usize, String)> = Vec::new();
-        while out.len() + picks.len() < room {
+        while picks.len() < take {
             let Some(Reverse((sk, b))) = heads.pop() else {
                 break;
             };
@@ -176,8 +179,13 @@ pub(crate) async fn list_locks(inner: &Inner, filter: LockFilter) -> Result<Lock
             picks.push((b, sk));
         }
         if !picks.is_empty() {
-            let now = now.expect("read with the first keys");
-            read_locks(inner, picks, &wanted, now, &mut out).await?;
+            let taken = picks.len();
+            let before = out.len();
+            read_locks(inner, picks, &wanted, &mut out).await?;
+            if out.len() - before < taken && out.len() < room {
+                scale = (scale * 2).min(MAX_TAKE);
+                batch = first_batch.max(per_page(take * 2)).min(MAX_TAKE);
+            }
         }
         if out.len() >= room {
             break;
@@ -208,13 +216,14 @@ pub(crate) async fn list_locks(inner: &Inner, filter: LockFilter) -> Result<Lock
     })
 }
 
-/// Reads the lease hashes of `picks` (in key order) and appends the live locks that pass the filters to `out`
-/// in the same order.
+/// Reads the lease hashes of `picks` (in key order) and appends the live locks that
+/// pass the filters to `out` in the same order. A lease is live when its `expires`
+/// is above the clock read right after it, on its own node (`TIME` ends each
+/// pipeline), as a script on its bucket would read it.
 async fn read_locks(
     inner: &Inner,
     picks: Vec<(usize, String)>,
     wanted: &Wanted,
-    now: u64,
     out: &mut Vec<RawLock>,
 ) -> Result<(), QueryError> {
     let filtered = wanted.owner.is_some() || wanted.user.is_some();
@@ -227,8 +236,9 @@ async fn read_locks(
         }
         (*b, cmd)
     });
-    let replies: Vec<Vec<Option<String>>> = read_many(inner, reads.collect()).await?;
-    for ((_, sk), fields) in picks.into_iter().zip(replies) {
+    let (replies, nows): (Vec<Vec<Option<String>>>, _) =
+        read_many(inner, reads.collect(), true).await?;
+    for (((_, sk), fields), now) in picks.into_iter().zip(replies).zip(nows) {
         if !sk.starts_with(&wanted.prefix) {
             continue;
         }
@@ -237,8 +247,10 @@ async fn read_locks(
             continue;
         };
         if filtered {
+            // As tflock_core::LockFilter::matches: a lock without a username (`user`
+            // stored empty) matches no username filter.
             let owner = fields.next().flatten();
-            let user = fields.next().flatten();
+            let user = fields.next().flatten().filter(|u| !u.is_empty());
             if wanted
                 .owner
                 .as_ref()
@@ -262,55 +274,65 @@ async fn read_locks(
 /// order: one pipeline in all on one node (standalone, Sentinel's primary), else one
 /// per bucket (a bucket is one slot of a cluster), all at once. One request a round
 /// instead of one a command: the client's cost of a listing is mostly its requests.
+/// With `clock`, also each reply's `now`: on the system clock `TIME` at the end of
+/// its pipeline (the node's clock, read after the commands), else the injected clock.
 async fn read_many<T: redis::FromRedisValue>(
     inner: &Inner,
     cmds: Vec<(usize, redis::Cmd)>,
-) -> Result<Vec<T>, QueryError> {
-    if inner.conn.mode() != "cluster" {
-        let mut pipe = redis::pipe();
-        for (_, cmd) in cmds {
-            pipe.add_command(cmd);
-        }
-        return inner.conn.read_pipeline(&pipe).await.map_err(listing_error);
-    }
+    clock: bool,
+) -> Result<(Vec<T>, Vec<u64>), QueryError> {
+    let timed = clock && inner.system_clock;
+    let injected = inner.clock.now().0;
+    // One group (0) on one node, else one per bucket.
+    let one_node = inner.conn.mode() != "cluster";
+    let group = |b: usize| if one_node { 0 } else { b };
     let mut pipes: Vec<Option<redis::Pipeline>> = (0..BUCKETS).map(|_| None).collect();
-    let order: Vec<usize> = cmds.iter().map(|(b, _)| *b).collect();
+    let order: Vec<usize> = cmds.iter().map(|(b, _)| group(*b)).collect();
     for (b, cmd) in cmds {
-        pipes[b].get_or_insert_with(redis::pipe).add_command(cmd);
+        pipes[group(b)]
+            .get_or_insert_with(redis::pipe)
+            .add_command(cmd);
     }
-    let used: Vec<usize> = (0..BUCKETS).filter(|&b| pipes[b].is_some()).collect();
-    let replies = join_all(used.iter().map(|&b| {
-        let pipe = pipes[b].as_ref().expect("a pipeline per used bucket");
-        async move { inner.conn.read_pipeline::<Vec<T>>(pipe).await }
+    let used: Vec<usize> = (0..BUCKETS).filter(|&g| pipes[g].is_some()).collect();
+    if timed {
+        for &g in &used {
+            pipes[g].as_mut().expect("a used group").cmd("TIME");
+        }
+    }
+    let replies = join_all(used.iter().map(|&g| {
+        let pipe = pipes[g].as_ref().expect("a pipeline per used group");
+        async move { inner.conn.read_pipeline::<Vec<redis::Value>>(pipe).await }
     }))
     .await;
-    let mut per_bucket: Vec<std::vec::IntoIter<T>> =
-        (0..BUCKETS).map(|_| Vec::new().into_iter()).collect();
-    for (&b, r) in used.iter().zip(replies) {
-        per_bucket[b] = r.map_err(listing_error)?.into_iter();
+    let mut per_group: Vec<(std::vec::IntoIter<redis::Value>, u64)> = (0..BUCKETS)
+        .map(|_| (Vec::new().into_iter(), injected))
+        .collect();
+    for (&g, r) in used.iter().zip(replies) {
+        let mut values = r.map_err(listing_error)?;
+        let mut now = injected;
+        if timed {
+            let (secs, micros): (u64, u64) =
+                redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil))
+                    .map_err(|e| malformed(&e))?;
+            now = secs * 1_000_000 + micros;
+        }
+        per_group[g] = (values.into_iter(), now);
     }
-    order
-        .into_iter()
-        .map(|b| {
-            per_bucket[b]
-                .next()
-                .ok_or_else(|| BackendError::Internal("listing: a reply is missing".into()).into())
-        })
-        .collect()
+    let mut out = Vec::with_capacity(order.len());
+    let mut nows = Vec::with_capacity(order.len());
+    for g in order {
+        let (values, now) = &mut per_group[g];
+        let v = values
+            .next()
+            .ok_or_else(|| BackendError::Internal("listing: a reply is missing".into()))?;
+        out.push(redis::from_redis_value(v).map_err(|e| malformed(&e))?);
+        nows.push(*now);
+    }
+    Ok((out, nows))
 }
 
-/// The instant a listing leaves out what expired before: Redis's `TIME` on the
-/// system clock (the scripts' clock), else the injected clock.
-async fn clock(inner: &Inner) -> Result<u64, QueryError> {
-    if !inner.system_clock {
-        return Ok(inner.clock.now().0);
-    }
-    let ((secs, micros), _) = inner
-        .conn
-        .call::<(u64, u64)>(&redis::cmd("TIME"))
-        .await
-        .map_err(listing_error)?;
-    Ok(secs * 1_000_000 + micros)
+fn malformed(e: &dyn std::fmt::Display) -> QueryError {
+    BackendError::Internal(format!("listing: a malformed reply: {e}")).into()
 }
 
 fn listing_error(e: CallError) -> QueryError {

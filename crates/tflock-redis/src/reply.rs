@@ -137,6 +137,11 @@ impl RawEvent {
     pub fn ends_a_lease(&self) -> bool {
         self.k == "lock.released" || self.k == "lock.expired"
     }
+
+    /// The resource key the event is about.
+    pub fn resource_key(&self) -> &str {
+        &self.sk
+    }
 }
 
 /// A lock as a script shows it (`lease` only for the holder), or as listing reads it

@@ -147,3 +147,128 @@ async fn a_refused_plain_acquire_reads_the_lease_and_answers_as_the_script_does(
     let own = backend.try_lock(plain(&r, "a", hour)).await.unwrap();
     assert_eq!(own.reason, Some(NotAcquiredReason::HeldByOwner), "{own:?}");
 }
+
+/// A hint that outlives the lease it was taken from (another server released it and
+/// granted a shorter one, which expired and was not swept): the read shows no live
+/// lease, so the script runs, settles and grants.
+#[tokio::test]
+async fn a_read_that_finds_the_lease_expired_runs_the_script() {
+    let server = common::start_server(RedisOptions::default()).await;
+    let clock = ManualClock::starting_now();
+    // Both on one store: one key prefix.
+    let config = common::config_for_server(&server);
+    let open = || {
+        RedisBackend::connect_with(
+            config.clone(),
+            LockSettings::default(),
+            Arc::new(clock.clone()),
+            BackendOptions::default().sweep(SweepRole::Follower),
+        )
+    };
+    let (one, two) = (
+        open().await.expect("connect"),
+        open().await.expect("connect"),
+    );
+    let mut c = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let r = res("shorter");
+    let a = one.try_lock(plain(&r, "a", hour)).await.unwrap();
+    assert!(a.acquired);
+    // `two` learns that a holds it for an hour.
+    let refused = two.try_lock(plain(&r, "b", hour)).await.unwrap();
+    assert_eq!(refused.reason, Some(NotAcquiredReason::Held));
+    // Through `one`: a releases, c takes it for 10 s, which then expire unswept.
+    one.unlock(&r, &a.lock.unwrap().lease_id.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        one.try_lock(plain(&r, "c", Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .acquired
+    );
+    clock.advance(Duration::from_secs(11));
+    let before = calls(&mut c).await;
+    let b = two.try_lock(plain(&r, "b", hour)).await.unwrap();
+    let after = calls(&mut c).await;
+    assert!(b.acquired, "an expired lease is not held: {b:?}");
+    assert_eq!(after.0 - before.0, 1, "the script decided");
+    // The read of the lease, and the script's own of the bucket's generation marker
+    // before it grants (try_lock.lua): without the read, one.
+    assert_eq!(after.1 - before.1, 2, "the lease was read first");
+}
+
+/// The retry loop without a queue (on the system clock, so the read's `TIME` is
+/// Redis's): its attempts after the first read the lease instead of running the
+/// script, it times out with the holder's view, and it is granted once the holder
+/// releases.
+#[tokio::test]
+async fn the_retry_loop_reads_the_lease_between_attempts() {
+    let server = common::start_server(RedisOptions::default()).await;
+    let settings = LockSettings {
+        enable_priority_queue: false,
+        enable_retries: true,
+        min_retry_backoff: Duration::from_millis(20),
+        max_retry_backoff: Duration::from_millis(100),
+        ..LockSettings::default()
+    };
+    let backend = RedisBackend::connect_with(
+        common::config_for_server(&server),
+        settings,
+        Arc::new(tflock_core::SystemClock),
+        BackendOptions::default().sweep(SweepRole::Follower),
+    )
+    .await
+    .expect("connect");
+    let mut c = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let r = res("retried");
+    let a = backend.try_lock(plain(&r, "a", hour)).await.unwrap();
+    assert!(a.acquired);
+    let before = calls(&mut c).await;
+    let timed_out = backend
+        .try_lock(plain(&r, "b", hour).with_wait(Duration::from_millis(600)))
+        .await
+        .unwrap();
+    let after = calls(&mut c).await;
+    assert_eq!(timed_out.reason, Some(NotAcquiredReason::Timeout));
+    assert_eq!(
+        timed_out.lock.as_ref().map(|l| l.fencing_token),
+        a.lock.as_ref().map(|l| l.fencing_token),
+        "the timeout shows the holder"
+    );
+    assert_eq!(after.0 - before.0, 1, "one script call: the first attempt");
+    assert!(
+        after.1 - before.1 >= 3,
+        "the attempts after it read the lease"
+    );
+
+    let waiting = {
+        let backend = backend.clone();
+        let r = r.clone();
+        tokio::spawn(async move {
+            backend
+                .try_lock(plain(&r, "b", hour).with_wait(Duration::from_secs(10)))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    backend
+        .unlock(&r, &a.lock.unwrap().lease_id.unwrap())
+        .await
+        .unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("granted soon after the release")
+        .unwrap()
+        .unwrap();
+    assert!(b.acquired, "{b:?}");
+}
