@@ -15,9 +15,10 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tflock_core::{
     Backend, LockRequest, LockResponse, LockSettings, ManualClock, NotAcquiredReason, Resource,
+    SharedClock,
 };
-use tflock_redis::{BackendOptions, RedisBackend, SweepRole};
-use tflock_testkit::RedisOptions;
+use tflock_redis::{BackendOptions, RedisBackend, RedisConfig, SweepRole};
+use tflock_testkit::{RedisOptions, RedisServer};
 
 /// (FCALL calls, HMGET calls) so far on the server.
 async fn calls(c: &mut MultiplexedConnection) -> (u64, u64) {
@@ -36,6 +37,32 @@ async fn calls(c: &mut MultiplexedConnection) -> (u64, u64) {
     (count("fcall"), count("hmget"))
 }
 
+/// A backend on `config`, as a sweep follower (an expired lease stays until a
+/// TryLock settles it).
+async fn open(
+    config: &RedisConfig,
+    settings: LockSettings,
+    clock: SharedClock,
+) -> Arc<RedisBackend> {
+    RedisBackend::connect_with(
+        config.clone(),
+        settings,
+        clock,
+        BackendOptions::default().sweep(SweepRole::Follower),
+    )
+    .await
+    .expect("connect")
+}
+
+/// A connection of the test's own to `server`, for its `INFO commandstats`.
+async fn stats_connection(server: &RedisServer) -> MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 fn res(path: &str) -> Resource {
     Resource::new("held/read", path, "default", "").unwrap()
 }
@@ -48,19 +75,9 @@ fn plain(r: &Resource, owner: &str, ttl: Duration) -> LockRequest {
 async fn a_refused_plain_acquire_reads_the_lease_and_answers_as_the_script_does() {
     let server = common::start_server(RedisOptions::default()).await;
     let clock = ManualClock::starting_now();
-    let backend = RedisBackend::connect_with(
-        common::config_for_server(&server),
-        LockSettings::default(),
-        Arc::new(clock.clone()),
-        BackendOptions::default().sweep(SweepRole::Follower),
-    )
-    .await
-    .expect("connect");
-    let mut c = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let config = common::config_for_server(&server);
+    let backend = open(&config, LockSettings::default(), Arc::new(clock.clone())).await;
+    let mut c = stats_connection(&server).await;
     let hour = Duration::from_secs(3600);
 
     // Held by a; b's first plain TryLock is the script's answer.
@@ -157,23 +174,9 @@ async fn a_read_that_finds_the_lease_expired_runs_the_script() {
     let clock = ManualClock::starting_now();
     // Both on one store: one key prefix.
     let config = common::config_for_server(&server);
-    let open = || {
-        RedisBackend::connect_with(
-            config.clone(),
-            LockSettings::default(),
-            Arc::new(clock.clone()),
-            BackendOptions::default().sweep(SweepRole::Follower),
-        )
-    };
-    let (one, two) = (
-        open().await.expect("connect"),
-        open().await.expect("connect"),
-    );
-    let mut c = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let one = open(&config, LockSettings::default(), Arc::new(clock.clone())).await;
+    let two = open(&config, LockSettings::default(), Arc::new(clock.clone())).await;
+    let mut c = stats_connection(&server).await;
     let hour = Duration::from_secs(3600);
     let r = res("shorter");
     let a = one.try_lock(plain(&r, "a", hour)).await.unwrap();
@@ -216,19 +219,9 @@ async fn the_retry_loop_reads_the_lease_between_attempts() {
         max_retry_backoff: Duration::from_millis(100),
         ..LockSettings::default()
     };
-    let backend = RedisBackend::connect_with(
-        common::config_for_server(&server),
-        settings,
-        Arc::new(tflock_core::SystemClock),
-        BackendOptions::default().sweep(SweepRole::Follower),
-    )
-    .await
-    .expect("connect");
-    let mut c = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let config = common::config_for_server(&server);
+    let backend = open(&config, settings, Arc::new(tflock_core::SystemClock)).await;
+    let mut c = stats_connection(&server).await;
     let hour = Duration::from_secs(3600);
     let r = res("retried");
     let a = backend.try_lock(plain(&r, "a", hour)).await.unwrap();
