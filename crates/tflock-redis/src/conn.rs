@@ -273,18 +273,17 @@ async fn cluster_query<T: redis::FromRedisValue>(
                 .pop()
                 .unwrap_or(Value::Nil)
         }
-        (Request::ReadPipeline(pipe), ask) => {
+        (Request::ReadPipeline(pipe), false) => {
+            Value::Array(c.route_pipeline(pipe.clone(), 0, pipe.len(), node).await?)
+        }
+        (Request::ReadPipeline(pipe), true) => {
+            // ASKING lets only the next command through: one before each.
             let mut p = redis::pipe();
-            if ask {
-                p.cmd("ASKING");
-            }
             for cmd in pipe.cmd_iter() {
-                p.add_command(cmd.clone());
+                p.cmd("ASKING").add_command(cmd.clone());
             }
-            Value::Array(
-                c.route_pipeline(p, usize::from(ask), pipe.len(), node)
-                    .await?,
-            )
+            let replies = c.route_pipeline(p, 0, 2 * pipe.len(), node).await?;
+            Value::Array(replies.into_iter().skip(1).step_by(2).collect())
         }
     };
     redis::from_redis_value(v.extract_error()?).map_err(RedisError::from)

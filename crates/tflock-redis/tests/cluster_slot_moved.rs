@@ -1,21 +1,38 @@
-//! A bucket's slot moved to another primary after the backend learned the slot map
+//! A bucket's slot moving to another primary after the backend learned the slot map
 //! (a resharding): the plain reads that are not scripts (listing's pipelines, the
-//! lease read of a refused TryLock, `held.rs`) follow the `MOVED` answer as a script
-//! call does, instead of failing with `backend_unavailable`.
+//! lease read of a refused TryLock, `held.rs`) follow `MOVED` (the slot has moved)
+//! and `ASK` (its keys are moving: `ASKING` before each command of a pipeline) as a
+//! script call does, instead of failing with `backend_unavailable`.
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tflock_core::{
-    Backend, LockFilter, LockRequest, LockSettings, ManualClock, NotAcquiredReason, Resource,
+    Backend, LockFilter, LockRequest, LockResponse, LockSettings, ManualClock, NotAcquiredReason,
+    Resource,
 };
 use tflock_redis::keys::{bucket_of, bucket_prefixes};
 use tflock_redis::{BackendOptions, RedisBackend, RedisConfig, SweepRole};
 use tflock_testkit::RedisCluster;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_follow_a_slot_moved_to_another_primary() {
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Three resources of one bucket, so that its pipelines hold several commands.
+fn resources() -> Vec<Resource> {
+    let all: Vec<Resource> = (0..1000)
+        .map(|i| Resource::new("moved/slot", format!("s{i}"), "default", "").unwrap())
+        .collect();
+    let bucket = bucket_of(&all[0]);
+    all.into_iter()
+        .filter(|r| bucket_of(r) == bucket)
+        .take(3)
+        .collect()
+}
+
+/// A cluster, a backend on it holding `resources()` for "a", and "b" refused once on
+/// the first (the script's answer, which makes b's next plain TryLock read the lease).
+async fn setup() -> (RedisCluster, RedisConfig, Arc<RedisBackend>, LockResponse) {
     let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
         .await
         .unwrap();
@@ -37,22 +54,25 @@ async fn reads_follow_a_slot_moved_to_another_primary() {
     )
     .await
     .expect("connect");
-    let hour = Duration::from_secs(3600);
-    let r = Resource::new("moved/slot", "stack", "default", "").unwrap();
-    let held = backend
-        .try_lock(LockRequest::new(r.clone(), "a").with_ttl(hour))
-        .await
-        .unwrap();
-    assert!(held.acquired);
-    // b is refused once by the script: its next plain TryLock reads the lease.
+    for r in resources() {
+        let held = backend
+            .try_lock(LockRequest::new(r, "a").with_ttl(HOUR))
+            .await
+            .unwrap();
+        assert!(held.acquired);
+    }
     let refused = backend
-        .try_lock(LockRequest::new(r.clone(), "b").with_ttl(hour))
+        .try_lock(LockRequest::new(resources()[0].clone(), "b").with_ttl(HOUR))
         .await
         .unwrap();
     assert_eq!(refused.reason, Some(NotAcquiredReason::Held));
+    (cluster, config, backend, refused)
+}
 
-    // Move the resource's bucket (one slot) to another primary, keys and all.
-    let bucket = bucket_prefixes(&config.key_prefix)[bucket_of(&r)].clone();
+/// Moves the bucket of `resources()` to another primary: its keys, and with `assign`
+/// the slot itself (else the slot stays migrating: the old primary answers `ASK`).
+fn migrate(cluster: &RedisCluster, config: &RedisConfig, assign: bool) {
+    let bucket = bucket_prefixes(&config.key_prefix)[bucket_of(&resources()[0])].clone();
     let cli = cluster.node(cluster.primaries()[0]).cli();
     let slot = cli.query(["CLUSTER", "KEYSLOT", bucket.as_str()]);
     let from = cluster.primary_for_key(&bucket);
@@ -75,33 +95,54 @@ async fn reads_follow_a_slot_moved_to_another_primary() {
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .collect();
-    assert!(!keys.is_empty(), "the bucket has keys to move");
+    assert!(keys.len() >= 3, "the bucket has keys to move: {keys:?}");
     for k in &keys {
         let moved = src.query(["MIGRATE", "127.0.0.1", &to_port, k, "0", "5000"]);
         assert!(moved.contains("OK"), "MIGRATE {k}: {moved}");
     }
-    for i in cluster.primaries() {
-        cluster
-            .node(i)
-            .cli()
-            .query(["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    if assign {
+        for i in cluster.primaries() {
+            cluster
+                .node(i)
+                .cli()
+                .query(["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
     }
+}
 
-    // The lease read goes to the old primary first, which answers MOVED.
+/// The lease read (before any script call could refresh the slot map) and a listing
+/// after the move answer as before it.
+async fn reads_answer_as_before(backend: &RedisBackend, refused: &LockResponse) {
     let again = backend
-        .try_lock(LockRequest::new(r.clone(), "b").with_ttl(hour))
+        .try_lock(LockRequest::new(resources()[0].clone(), "b").with_ttl(HOUR))
         .await
         .expect("the lease read follows the move");
-    assert_eq!(again, refused, "the same answer after the move");
+    assert_eq!(again, *refused, "the same answer after the move");
     let page = backend
         .list_locks(LockFilter::default())
         .await
         .expect("listing follows the move");
+    let mut want = resources();
+    want.sort_by_key(|r| r.storage_key());
     assert_eq!(
         page.locks
             .iter()
             .map(|l| l.resource.clone())
             .collect::<Vec<_>>(),
-        vec![r.clone()]
+        want
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_follow_a_slot_moved_to_another_primary() {
+    let (cluster, config, backend, refused) = setup().await;
+    migrate(&cluster, &config, true);
+    reads_answer_as_before(&backend, &refused).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_follow_keys_moving_to_another_primary() {
+    let (cluster, config, backend, refused) = setup().await;
+    migrate(&cluster, &config, false);
+    reads_answer_as_before(&backend, &refused).await;
 }
